@@ -1,0 +1,479 @@
+"""`ImageClassifier`: the Python API that the CLI is a thin layer over.
+
+Follows scikit-learn's conventions: the constructor only stores settings,
+`fit` learns (attributes ending in `_`), `predict`/`predict_proba`/`evaluate`
+use the learned model, `save`/`load` round-trip a run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from transferkit import data, rundir
+from transferkit.augment import Augmentation, resolve_augmentation
+from transferkit.backbones import check_image_size, find_local_weights, get_backbone
+from transferkit.errors import ConfigError, DataError
+from transferkit.training import (
+    FINE_TUNE_EPOCH_RANGE,
+    FINE_TUNE_MIN_STEPS,
+    HEAD_EPOCH_RANGE,
+    HEAD_MIN_STEPS,
+    auto_epochs,
+    train_two_stages,
+)
+
+logger = logging.getLogger("transferkit")
+
+SAMPLE_GRID_SIZE = 18
+
+
+@dataclass(frozen=True)
+class Prediction:
+    path: str
+    label: str
+    confidence: float
+    top_k: tuple[tuple[str, float], ...]  # (label, probability), most probable first
+
+
+def _check_positive(name, value, kind=float, allow_none=False):
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int) or value <= 0:
+        raise ConfigError(f"{name} must be a positive {'number' if kind is float else 'integer'}, got {value!r}.")
+
+
+def _check_nonnegative_int(name, value, allow_none=True):
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{name} must be a whole number >= 0, got {value!r}.")
+
+
+class ImageClassifier:
+    """Transfer-learned image classifier for a folder of class sub-folders.
+
+    Stage 1 trains a new head on a frozen ImageNet backbone; stage 2 unfreezes the
+    backbone from `fine_tune_at` up and fine-tunes at `fine_tune_learning_rate`.
+    `None` settings are filled in at fit time: `image_size` and `fine_tune_at` from
+    the backbone registry, `epochs` and `fine_tune_epochs` from the number of
+    optimisation steps the training set gives, `fine_tune_learning_rate` as a tenth
+    of `learning_rate`.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "mobilenet_v2",
+        *,
+        image_size: int | None = None,
+        weights: str = "imagenet",
+        weights_dir: str | None = None,
+        augment: str | Augmentation | dict = "standard",
+        epochs: int | None = None,
+        learning_rate: float = 1e-3,
+        fine_tune_epochs: int | None = None,
+        fine_tune_learning_rate: float | None = None,
+        fine_tune_at: int | str | None = None,
+        dropout: float = 0.2,
+        hidden_units: Sequence[int] = (),
+        batch_size: int = 32,
+        val_split: float = 0.2,
+        patience: int | None = 5,
+        seed: int = 42,
+        verbose: int = 1,
+    ):
+        self.backbone = backbone
+        self.image_size = image_size
+        self.weights = weights
+        self.weights_dir = weights_dir
+        self.augment = augment
+        self.epochs = epochs
+        self.learning_rate = learning_rate
+        self.fine_tune_epochs = fine_tune_epochs
+        self.fine_tune_learning_rate = fine_tune_learning_rate
+        self.fine_tune_at = fine_tune_at
+        self.dropout = dropout
+        self.hidden_units = hidden_units
+        self.batch_size = batch_size
+        self.val_split = val_split
+        self.patience = patience
+        self.seed = seed
+        self.verbose = verbose
+
+    # -- settings -----------------------------------------------------------------
+
+    def get_params(self) -> dict:
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {name: getattr(self, name) for name in names}
+
+    def __repr__(self) -> str:
+        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
+        changed = {k: v for k, v in self.get_params().items() if v != defaults[k]}
+        return f"ImageClassifier({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
+
+    def _validated_settings(self) -> dict:
+        """Check every setting up front and fill in the backbone-dependent defaults."""
+        spec = get_backbone(self.backbone)
+        image_size = spec.default_size if self.image_size is None else self.image_size
+        check_image_size(spec, image_size)
+        if not isinstance(self.weights, str) or not self.weights:
+            raise ConfigError(f"weights must be 'imagenet', 'none' or a file path, got {self.weights!r}.")
+        _check_positive("learning_rate", self.learning_rate)
+        _check_positive("fine_tune_learning_rate", self.fine_tune_learning_rate, allow_none=True)
+        _check_positive("batch_size", self.batch_size, kind=int)
+        _check_positive("epochs", self.epochs, kind=int, allow_none=True)
+        _check_nonnegative_int("fine_tune_epochs", self.fine_tune_epochs)
+        _check_nonnegative_int("patience", self.patience)
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}.")
+        if any(isinstance(u, bool) or not isinstance(u, int) or u <= 0 for u in self.hidden_units):
+            raise ConfigError(f"hidden_units must be positive integers, got {list(self.hidden_units)!r}.")
+        if not isinstance(self.val_split, (int, float)) or not 0.0 < self.val_split < 1.0:
+            raise ConfigError(
+                f"val_split must be strictly between 0 and 1, got {self.val_split!r}. "
+                "Use e.g. 0.2 to hold out 20 % of each class, or pass a separate validation folder."
+            )
+        return {
+            "spec": spec,
+            "image_size": image_size,
+            "augmentation": resolve_augmentation(self.augment),
+            "fine_tune_at": spec.fine_tune_at if self.fine_tune_at is None else self.fine_tune_at,
+            "fine_tune_learning_rate": self.fine_tune_learning_rate or self.learning_rate / 10,
+        }
+
+    # -- training -----------------------------------------------------------------
+
+    def fit(self, data_dir, *, val_dir=None, out=None, overwrite: bool = False) -> "ImageClassifier":
+        """Train on `data_dir` (one sub-folder per class); save the run to `out` if given.
+
+        Validation comes from `val_dir` when given, otherwise a stratified
+        `val_split` of `data_dir` drawn with `seed`. Every check runs before training.
+        """
+        import keras
+
+        from transferkit.model import build_classifier
+
+        started = time.perf_counter()
+        settings = self._validated_settings()
+        spec, image_size = settings["spec"], settings["image_size"]
+        files = data.list_class_folders(data_dir)
+        if val_dir is not None:
+            train_files, val_files = files, data.list_class_folders(val_dir, classes=files.classes)
+        else:
+            train_files, val_files = data.stratified_split(files, self.val_split, self.seed, root=data_dir)
+        out_dir = rundir.check_output_dir(out, overwrite) if out is not None else None
+
+        num_classes = len(files.classes)
+        steps = math.ceil(len(train_files) / self.batch_size)
+        epochs = self.epochs or auto_epochs(len(train_files), self.batch_size, HEAD_MIN_STEPS, HEAD_EPOCH_RANGE)
+        fine_tune_epochs = (
+            auto_epochs(len(train_files), self.batch_size, FINE_TUNE_MIN_STEPS, FINE_TUNE_EPOCH_RANGE)
+            if self.fine_tune_epochs is None
+            else self.fine_tune_epochs
+        )
+
+        keras.utils.set_random_seed(self.seed)
+        model = build_classifier(
+            spec,
+            num_classes,
+            image_size,
+            weights=self.weights,
+            weights_dir=self.weights_dir,
+            augmentation=settings["augmentation"],
+            dropout=self.dropout,
+            hidden_units=tuple(self.hidden_units),
+            seed=self.seed,
+        )
+        if self.verbose:
+            counts = ", ".join(f"{k} {v}" for k, v in train_files.class_counts().items())
+            print(
+                f"{len(files.classes)} classes, {len(train_files)} training images ({counts}), "
+                f"{len(val_files)} validation images; {spec.name} at {image_size} px, "
+                f"{steps} steps per epoch"
+            )
+        train_ds = data.make_dataset(
+            train_files.paths, train_files.labels, image_size, self.batch_size, shuffle=True, seed=self.seed
+        )
+        val_ds = data.make_dataset(val_files.paths, val_files.labels, image_size, self.batch_size)
+        result = train_two_stages(
+            model,
+            train_ds,
+            val_ds,
+            num_classes,
+            epochs=epochs,
+            learning_rate=self.learning_rate,
+            fine_tune_epochs=fine_tune_epochs,
+            fine_tune_learning_rate=settings["fine_tune_learning_rate"],
+            fine_tune_at=settings["fine_tune_at"],
+            patience=self.patience,
+            steps_per_epoch=steps,
+            verbose=self.verbose,
+        )
+
+        self.model_ = model
+        self.classes_ = list(files.classes)
+        self.image_size_ = image_size
+        self.history_ = result.history
+        self.fine_tune_start_epoch_ = result.fine_tune_start_epoch
+        self.train_files_, self.val_files_ = train_files, val_files
+        self.resolved_settings_ = {
+            "image_size": image_size,
+            "augmentation": dataclasses.asdict(settings["augmentation"]),
+            "epochs": epochs,
+            "fine_tune_epochs": fine_tune_epochs,
+            "fine_tune_at": settings["fine_tune_at"],
+            "fine_tune_learning_rate": settings["fine_tune_learning_rate"],
+            "weights_file": str(find_local_weights(spec, self.weights_dir) or "")
+            if self.weights == "imagenet"
+            else self.weights,
+        }
+        self.data_summary_ = {
+            "data_dir": str(Path(data_dir).resolve()),
+            "val_dir": str(Path(val_dir).resolve()) if val_dir is not None else None,
+            "classes": self.classes_,
+            "train_images": len(train_files),
+            "val_images": len(val_files),
+            "train_class_counts": train_files.class_counts(),
+            "val_class_counts": val_files.class_counts(),
+        }
+        self.results_ = {
+            "run_dir": str(out_dir) if out_dir is not None else None,
+            "classes": self.classes_,
+            "train_images": len(train_files),
+            "val_images": len(val_files),
+            "val_accuracy_stage1": result.val_accuracy_stage1,
+            "val_accuracy": result.val_accuracy,
+            "val_loss": result.val_loss,
+            "best_epoch": result.best_epoch,
+            "epochs_run": len(result.history),
+            "stage_seconds": result.stage_seconds,
+            "seconds": None,
+        }
+        if out_dir is not None:
+            self.save(out_dir, overwrite=True)
+        self.results_["seconds"] = round(time.perf_counter() - started, 2)
+        if out_dir is not None:  # the final figure includes saving time
+            self._write_config(out_dir)
+        return self
+
+    # -- inference ----------------------------------------------------------------
+
+    def _check_fitted(self):
+        if not hasattr(self, "model_"):
+            raise ConfigError("This ImageClassifier is not trained yet: call fit() or ImageClassifier.load().")
+
+    def predict_proba(self, paths: Sequence[str], batch_size: int | None = None) -> np.ndarray:
+        """(n, n_classes) probabilities for image files, in the given order.
+
+        Rows of files that cannot be decoded are NaN (and a warning names the file).
+        """
+        from transferkit.model import to_class_probabilities
+
+        self._check_fitted()
+        paths = [str(p) for p in paths]
+        probabilities = np.full((len(paths), len(self.classes_)), np.nan)
+        if not paths:
+            return probabilities
+        ds = data.make_dataset(paths, None, self.image_size_, batch_size or self.batch_size, drop_unreadable=False)
+        rows = 0
+        with _progress(len(paths), "Predicting", enabled=self.verbose and len(paths) > 64) as advance:
+            for images, ok in ds:
+                batch = to_class_probabilities(self.model_.predict_on_batch(images), len(self.classes_))
+                ok = ok.numpy()
+                probabilities[rows : rows + len(ok)][ok] = batch[ok]
+                rows += len(ok)
+                advance(len(ok))
+        return probabilities
+
+    def predict(self, inputs, top_k: int = 1, batch_size: int | None = None) -> list[Prediction]:
+        """Label and confidence for each image; folders are searched recursively.
+
+        Non-image and unreadable files are skipped with a warning.
+        """
+        self._check_fitted()
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ConfigError(f"top_k must be a positive integer, got {top_k!r}.")
+        paths = expand_image_paths(inputs)
+        probabilities = self.predict_proba(paths, batch_size)
+        k = min(top_k, len(self.classes_))
+        predictions = []
+        for path, row in zip(paths, probabilities):
+            if np.isnan(row).any():
+                continue
+            order = np.argsort(-row, kind="stable")[:k]
+            ranked = tuple((self.classes_[i], float(row[i])) for i in order)
+            predictions.append(Prediction(path, ranked[0][0], ranked[0][1], ranked))
+        return predictions
+
+    def evaluate(self, data_dir, batch_size: int | None = None) -> dict:
+        """Accuracy and log loss on a labelled folder with the model's classes."""
+        from sklearn.metrics import accuracy_score, log_loss
+
+        self._check_fitted()
+        files = data.list_class_folders(data_dir, classes=self.classes_)
+        probabilities = self.predict_proba(files.paths, batch_size)
+        readable = ~np.isnan(probabilities).any(axis=1)
+        labels = np.asarray(files.labels)[readable]
+        probabilities = probabilities[readable]
+        return {
+            "images": int(readable.sum()),
+            "unreadable": [p for p, ok in zip(files.paths, readable) if not ok],
+            "accuracy": float(accuracy_score(labels, probabilities.argmax(axis=1))),
+            "loss": float(log_loss(labels, probabilities, labels=range(len(self.classes_)))),
+        }
+
+    # -- persistence --------------------------------------------------------------
+
+    def _config(self) -> dict:
+        params = self.get_params()
+        if isinstance(params["augment"], Augmentation):
+            params["augment"] = dataclasses.asdict(params["augment"])
+        params["hidden_units"] = list(params["hidden_units"])
+        return {
+            "format": "transferkit-run",
+            "format_version": 1,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "params": params,
+            "resolved": self.resolved_settings_,
+            "data": self.data_summary_,
+            "results": self.results_,
+            "versions": rundir.package_versions(),
+        }
+
+    def _write_config(self, run_dir) -> None:
+        rundir.write_json(Path(run_dir) / rundir.CONFIG_FILE, self._config())
+
+    def save(self, run_dir, overwrite: bool = False) -> Path:
+        """Write model, classes, config, history, split and figures to `run_dir`."""
+        from transferkit import reports
+
+        self._check_fitted()
+        run_dir = rundir.prepare_output_dir(run_dir, overwrite)
+        with rundir.atomic_path(run_dir / rundir.MODEL_FILE) as tmp:
+            self.model_.save(tmp)
+        rundir.write_text(run_dir / rundir.CLASSES_FILE, "\n".join(self.classes_) + "\n")
+        self.results_["run_dir"] = str(run_dir)
+        self._write_config(run_dir)
+        if self.history_:
+            rundir.write_csv(run_dir / rundir.HISTORY_FILE, self.history_, _history_fields(self.history_))
+            reports.plot_learning_curves(self.history_, self.fine_tune_start_epoch_, run_dir / "learning_curves.png")
+        if getattr(self, "train_files_", None) is not None:
+            split_rows = [
+                {"path": path, "class": self.classes_[label], "split": split}
+                for split, files in (("train", self.train_files_), ("validation", self.val_files_))
+                for path, label in zip(files.paths, files.labels)
+            ]
+            rundir.write_csv(run_dir / rundir.SPLIT_FILE, split_rows)
+            self._plot_samples(run_dir / "samples.png")
+        return run_dir
+
+    def _plot_samples(self, path) -> None:
+        from transferkit import reports
+
+        rng = np.random.default_rng(self.seed)
+        count = min(SAMPLE_GRID_SIZE, len(self.train_files_))
+        chosen = rng.choice(len(self.train_files_), size=count, replace=False)
+        images, titles = [], []
+        for i in sorted(chosen, key=lambda i: self.train_files_.labels[i]):
+            try:
+                images.append(data.load_image(self.train_files_.paths[i], self.image_size_))
+            except Exception:  # noqa: BLE001 - an unreadable sample is simply not shown
+                continue
+            titles.append(self.classes_[self.train_files_.labels[i]])
+        if images:
+            reports.plot_image_grid(images, titles, path)
+
+    @classmethod
+    def load(cls, run_dir) -> "ImageClassifier":
+        """Reload a run directory written by `fit(out=...)` or `save`."""
+        import keras
+
+        import transferkit.model  # noqa: F401 - registers the custom preprocessing layer
+
+        config = rundir.read_config(run_dir)
+        run_dir = Path(run_dir)
+        params = dict(config["params"])
+        params["verbose"] = 0
+        classifier = cls(**params)
+        classifier.model_ = keras.saving.load_model(run_dir / rundir.MODEL_FILE, compile=False)
+        classifier.classes_ = rundir.read_classes(run_dir)
+        classifier.image_size_ = int(config["resolved"]["image_size"])
+        classifier.resolved_settings_ = config["resolved"]
+        classifier.data_summary_ = config.get("data", {})
+        classifier.results_ = config.get("results", {})
+        history_path = run_dir / rundir.HISTORY_FILE
+        classifier.history_ = _parse_history(rundir.read_csv(history_path)) if history_path.exists() else []
+        classifier.fine_tune_start_epoch_ = next(
+            (row["epoch"] for row in classifier.history_ if row["stage"] == 2), None
+        )
+        classifier.train_files_ = classifier.val_files_ = None
+        return classifier
+
+
+def _history_fields(history: list[dict]) -> list[str]:
+    fields = ["epoch", "stage"]
+    for row in history:
+        fields.extend(k for k in row if k not in fields)
+    return fields
+
+
+def _parse_history(rows: list[dict]) -> list[dict]:
+    parsed = []
+    for row in rows:
+        parsed.append({k: (int(v) if k in ("epoch", "stage") else float(v)) for k, v in row.items() if v != ""})
+    return parsed
+
+
+def expand_image_paths(inputs) -> list[str]:
+    """Files as given, folders searched recursively; non-image files warned about and skipped."""
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    paths = []
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            paths.extend(data.find_images(item))
+        elif item.is_file():
+            if data.is_image_file(item):
+                paths.append(str(item))
+            else:
+                logger.warning("Skipping %s: not an image file (%s).", item, ", ".join(data.IMAGE_EXTENSIONS))
+        else:
+            raise DataError(f"'{item}' does not exist. Pass image files or folders of images.")
+    return paths
+
+
+class _progress:
+    """A rich progress bar that counts images; silent when disabled."""
+
+    def __init__(self, total: int, description: str, enabled: bool):
+        self.total, self.description, self.enabled = total, description, enabled
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda n: None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._bar = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            console=Console(stderr=True), transient=True,
+        )
+        self._bar.__enter__()
+        task = self._bar.add_task(self.description, total=self.total)
+        return lambda n: self._bar.advance(task, n)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self._bar.__exit__(*exc)
+        return False

@@ -1,0 +1,117 @@
+"""End-to-end training on real images with real ImageNet weights."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+from PIL import Image
+
+from conftest import FAST, RPS, checksums, copy_subset
+from transferkit import ImageClassifier
+from transferkit.model import backbone_of
+
+
+def test_alpaca_reaches_well_above_chance(alpaca_run):
+    classifier, run_dir, _ = alpaca_run
+    results = classifier.results_
+    assert results["train_images"] + results["val_images"] == 327
+    assert results["val_images"] == 65  # 20 % of each class: 28 alpaca + 37 not alpaca
+    assert results["val_accuracy"] >= 0.85, results
+    assert results["val_accuracy_stage1"] >= 0.75, results
+    assert classifier.classes_ == ["alpaca", "not alpaca"]
+
+
+def test_two_stages_continue_the_same_epoch_count(alpaca_run):
+    classifier, run_dir, _ = alpaca_run
+    with open(run_dir / "history.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 9))
+    assert [int(r["stage"]) for r in rows] == [1] * 6 + [2] * 2
+    assert {float(r["learning_rate"]) for r in rows if r["stage"] == "2"} == {1e-4}
+    assert all(0 <= float(r["val_accuracy"]) <= 1 for r in rows)
+    # The kept weights are those of the lowest validation loss.
+    best = min(rows, key=lambda r: float(r["val_loss"]))
+    assert int(best["epoch"]) == classifier.results_["best_epoch"]
+    assert abs(float(best["val_accuracy"]) - classifier.results_["val_accuracy"]) < 1e-9
+
+
+def test_run_directory_holds_everything(alpaca_run):
+    classifier, run_dir, _ = alpaca_run
+    for name in ["model.keras", "classes.txt", "config.json", "history.csv", "split.csv",
+                 "learning_curves.png", "samples.png"]:
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "classes.txt").read_text().splitlines() == ["alpaca", "not alpaca"]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["params"]["seed"] == 42 and config["params"]["backbone"] == "mobilenet_v2"
+    assert config["resolved"]["fine_tune_at"] == 100
+    assert config["resolved"]["weights_file"].endswith("mobilenet_v2_1.0_224_imagenet_no_top.weights.h5")
+    assert {"keras", "tensorflow-cpu", "python"} <= set(config["versions"])
+    with Image.open(run_dir / "learning_curves.png") as image:
+        assert image.size[0] > 600
+    with open(run_dir / "split.csv") as handle:
+        split = list(csv.DictReader(handle))
+    assert len(split) == 327 and {r["split"] for r in split} == {"train", "validation"}
+    assert not list(run_dir.glob(".*.tmp*")), "temporary files left behind"
+
+
+def test_training_never_touches_the_data(alpaca_run, alpaca_dir):
+    _, _, before = alpaca_run
+    assert checksums(alpaca_dir) == before
+
+
+def test_backbone_stays_in_inference_mode_and_is_partly_unfrozen(alpaca_run):
+    classifier, _, _ = alpaca_run
+    base = backbone_of(classifier.model_)
+    trainable = [layer.trainable for layer in base.layers]
+    assert not any(trainable[:100]) and all(trainable[100:])
+
+
+def test_save_load_gives_identical_predictions(alpaca_run, tmp_path):
+    classifier, run_dir, _ = alpaca_run
+    val_paths = list(classifier.val_files_.paths)
+    expected = classifier.predict_proba(val_paths)
+    reloaded = ImageClassifier.load(run_dir)
+    np.testing.assert_allclose(reloaded.predict_proba(val_paths), expected, atol=1e-6)
+    # save() to a new folder round-trips too
+    classifier.save(tmp_path / "copy")
+    np.testing.assert_allclose(ImageClassifier.load(tmp_path / "copy").predict_proba(val_paths), expected, atol=1e-6)
+
+
+def test_predict_on_a_folder_matches_labels(alpaca_run, tmp_path, caplog):
+    classifier, run_dir, _ = alpaca_run
+    folder = tmp_path / "incoming"
+    (folder / "nested").mkdir(parents=True)
+    val = classifier.val_files_
+    truth = {}
+    for i, (path, label) in enumerate(zip(val.paths, val.labels)):
+        target = folder / ("nested" if i % 2 else "") / f"{i:03d}.jpg"
+        target.write_bytes(open(path, "rb").read())
+        truth[str(target)] = classifier.classes_[label]
+    (folder / "notes.txt").write_text("not an image")
+    predictions = ImageClassifier.load(run_dir).predict([folder, folder / "notes.txt"])
+    assert sorted(p.path for p in predictions) == sorted(truth)
+    accuracy = np.mean([p.label == truth[p.path] for p in predictions])
+    assert accuracy >= 0.85
+    assert all(0.5 <= p.confidence <= 1.0 for p in predictions)
+    assert "notes.txt" in caplog.text
+
+
+def test_evaluate_agrees_with_training_validation(alpaca_run):
+    classifier, _, _ = alpaca_run
+    result = classifier.evaluate(classifier.data_summary_["data_dir"])
+    assert result["images"] == 327 and result["accuracy"] >= 0.85
+
+
+def test_three_class_rps(tmp_path):
+    data_dir = copy_subset(RPS, tmp_path / "rps", per_class=60)
+    classifier = ImageClassifier(**{**FAST, "epochs": 8, "fine_tune_epochs": 1}).fit(data_dir)
+    assert classifier.classes_ == ["paper", "rock", "scissors"]
+    assert classifier.model_.output_shape == (None, 3)
+    assert classifier.results_["val_accuracy"] >= 0.85, classifier.results_
+    predictions = classifier.predict(data_dir / "rock", top_k=3)
+    assert len(predictions) == 60 and all(len(p.top_k) == 3 for p in predictions)
+    assert np.mean([p.label == "rock" for p in predictions]) >= 0.85
+    probabilities = [sum(prob for _, prob in p.top_k) for p in predictions]
+    np.testing.assert_allclose(probabilities, 1.0, atol=1e-5)
