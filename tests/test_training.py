@@ -6,6 +6,7 @@ import csv
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from conftest import FAST, RPS, checksums, copy_subset
@@ -17,7 +18,7 @@ def test_alpaca_reaches_well_above_chance(alpaca_run):
     classifier, run_dir, _ = alpaca_run
     results = classifier.results_
     assert results["train_images"] + results["val_images"] == 327
-    assert results["val_images"] == 65  # 20 % of each class: 28 alpaca + 37 not alpaca
+    assert 50 <= results["val_images"] <= 80  # about 20 % of each class
     assert results["val_accuracy"] >= 0.85, results
     assert results["val_accuracy_stage1"] >= 0.75, results
     assert classifier.classes_ == ["alpaca", "not alpaca"]
@@ -27,8 +28,10 @@ def test_two_stages_continue_the_same_epoch_count(alpaca_run):
     classifier, run_dir, _ = alpaca_run
     with open(run_dir / "history.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert [int(r["epoch"]) for r in rows] == list(range(1, 9))
-    assert [int(r["stage"]) for r in rows] == [1] * 6 + [2] * 2
+    head_epochs = classifier.resolved_settings_["epochs"]
+    assert head_epochs >= 10  # ~300 optimisation steps on 254 images
+    assert [int(r["epoch"]) for r in rows] == list(range(1, head_epochs + 4))
+    assert [int(r["stage"]) for r in rows] == [1] * head_epochs + [2] * 3
     assert {float(r["learning_rate"]) for r in rows if r["stage"] == "2"} == {1e-4}
     assert all(0 <= float(r["val_accuracy"]) <= 1 for r in rows)
     # The kept weights are those of the lowest validation loss.
@@ -62,10 +65,17 @@ def test_training_never_touches_the_data(alpaca_run, alpaca_dir):
 
 
 def test_backbone_stays_in_inference_mode_and_is_partly_unfrozen(alpaca_run):
+    import keras
+
     classifier, _, _ = alpaca_run
     base = backbone_of(classifier.model_)
-    trainable = [layer.trainable for layer in base.layers]
-    assert not any(trainable[:100]) and all(trainable[100:])
+    assert not any(layer.trainable for layer in base.layers[:100])
+    top = base.layers[100:]
+    assert all(layer.trainable != isinstance(layer, keras.layers.BatchNormalization) for layer in top)
+    # Batch norm uses its moving statistics even when Keras runs the model in training mode.
+    images = np.random.default_rng(0).uniform(0, 255, (4, 160, 160, 3)).astype("float32")
+    inputs = classifier.model_.get_layer("preprocess")(images)
+    np.testing.assert_allclose(base(inputs, training=True), base(inputs, training=False), atol=1e-5)
 
 
 def test_save_load_gives_identical_predictions(alpaca_run, tmp_path):
@@ -106,7 +116,7 @@ def test_evaluate_agrees_with_training_validation(alpaca_run):
 
 def test_three_class_rps(tmp_path):
     data_dir = copy_subset(RPS, tmp_path / "rps", per_class=60)
-    classifier = ImageClassifier(**{**FAST, "epochs": 8, "fine_tune_epochs": 1}).fit(data_dir)
+    classifier = ImageClassifier(**{**FAST, "image_size": 96, "epochs": 10, "fine_tune_epochs": 1}).fit(data_dir)
     assert classifier.classes_ == ["paper", "rock", "scissors"]
     assert classifier.model_.output_shape == (None, 3)
     assert classifier.results_["val_accuracy"] >= 0.85, classifier.results_
@@ -115,3 +125,22 @@ def test_three_class_rps(tmp_path):
     assert np.mean([p.label == "rock" for p in predictions]) >= 0.85
     probabilities = [sum(prob for _, prob in p.top_k) for p in predictions]
     np.testing.assert_allclose(probabilities, 1.0, atol=1e-5)
+
+
+def test_imbalanced_data_is_weighted_and_reported_per_class(tmp_path):
+    from conftest import ALPACA
+
+    data_dir = tmp_path / "imbalanced"
+    for name, count in (("alpaca", 48), ("not alpaca", 12)):
+        (data_dir / name).mkdir(parents=True)
+        for f in sorted((ALPACA / name).iterdir())[:count]:
+            (data_dir / name / f.name).write_bytes(f.read_bytes())
+    settings = {**FAST, "image_size": 64, "epochs": 1, "fine_tune_epochs": 0, "cached_views": 1}
+    weighted = ImageClassifier(**settings).fit(data_dir)
+    counts = weighted.train_files_.class_counts()
+    assert counts["alpaca"] / counts["not alpaca"] > 3
+    weights = weighted.resolved_settings_["class_weight"]
+    total = sum(counts.values())
+    assert weights == pytest.approx({0: total / (2 * counts["alpaca"]), 1: total / (2 * counts["not alpaca"])})
+    unweighted = ImageClassifier(**{**settings, "class_weight": "none"}).fit(data_dir)
+    assert unweighted.resolved_settings_["class_weight"] is None

@@ -8,6 +8,7 @@ use the learned model, `save`/`load` round-trip a run directory.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
 import logging
 import math
@@ -30,12 +31,15 @@ from transferkit.training import (
     HEAD_EPOCH_RANGE,
     HEAD_MIN_STEPS,
     auto_epochs,
+    auto_views,
+    balanced_class_weights,
     train_two_stages,
 )
 
 logger = logging.getLogger("transferkit")
 
 SAMPLE_GRID_SIZE = 18
+MAX_NEAR_DUPLICATE_GROUP = 8
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,10 @@ class ImageClassifier:
         batch_size: int = 32,
         val_split: float = 0.2,
         patience: int | None = 5,
+        class_weight: str = "auto",
+        cache: bool = True,
+        cached_views: int | None = None,
+        cache_dir: str | None = None,
         seed: int = 42,
         verbose: int = 1,
     ):
@@ -107,6 +115,10 @@ class ImageClassifier:
         self.batch_size = batch_size
         self.val_split = val_split
         self.patience = patience
+        self.class_weight = class_weight
+        self.cache = cache
+        self.cached_views = cached_views
+        self.cache_dir = cache_dir
         self.seed = seed
         self.verbose = verbose
 
@@ -134,6 +146,9 @@ class ImageClassifier:
         _check_positive("epochs", self.epochs, kind=int, allow_none=True)
         _check_nonnegative_int("fine_tune_epochs", self.fine_tune_epochs)
         _check_nonnegative_int("patience", self.patience)
+        _check_positive("cached_views", self.cached_views, kind=int, allow_none=True)
+        if self.class_weight not in ("auto", "balanced", "none"):
+            raise ConfigError(f"class_weight must be 'auto', 'balanced' or 'none', got {self.class_weight!r}.")
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}.")
         if any(isinstance(u, bool) or not isinstance(u, int) or u <= 0 for u in self.hidden_units):
@@ -168,10 +183,15 @@ class ImageClassifier:
         spec, image_size = settings["spec"], settings["image_size"]
         files = data.list_class_folders(data_dir)
         if val_dir is not None:
-            train_files, val_files = files, data.list_class_folders(val_dir, classes=files.classes)
-        else:
-            train_files, val_files = data.stratified_split(files, self.val_split, self.seed, root=data_dir)
+            data.list_class_folders(val_dir, classes=files.classes)
         out_dir = rundir.check_output_dir(out, overwrite) if out is not None else None
+        files, val_files = self._usable_files(data_dir, val_dir)
+        if val_dir is not None:
+            train_files = files
+        else:
+            train_files, val_files = data.stratified_split(
+                files, self.val_split, self.seed, root=data_dir, groups=self.duplicate_groups_
+            )
 
         num_classes = len(files.classes)
         steps = math.ceil(len(train_files) / self.batch_size)
@@ -182,6 +202,7 @@ class ImageClassifier:
             else self.fine_tune_epochs
         )
 
+        class_weights = balanced_class_weights(train_files.class_counts(), self.class_weight)
         keras.utils.set_random_seed(self.seed)
         model = build_classifier(
             spec,
@@ -201,15 +222,20 @@ class ImageClassifier:
                 f"{len(val_files)} validation images; {spec.name} at {image_size} px, "
                 f"{steps} steps per epoch"
             )
-        train_ds = data.make_dataset(
-            train_files.paths, train_files.labels, image_size, self.batch_size, shuffle=True, seed=self.seed
-        )
-        val_ds = data.make_dataset(val_files.paths, val_files.labels, image_size, self.batch_size)
+        if self.cache:
+            stage1, stage2 = self._cached_stages(model, files, train_files, val_files, data_dir, settings, fine_tune_epochs)
+        else:
+            train_ds = data.make_dataset(
+                train_files.paths, train_files.labels, image_size, self.batch_size, shuffle=True, seed=self.seed
+            )
+            val_ds = data.make_dataset(val_files.paths, val_files.labels, image_size, self.batch_size)
+            stage1 = (model, train_ds, val_ds)
+            stage2 = lambda: stage1  # noqa: E731 - the plain recipe fits the same model twice
         result = train_two_stages(
             model,
-            train_ds,
-            val_ds,
             num_classes,
+            stage1,
+            stage2,
             epochs=epochs,
             learning_rate=self.learning_rate,
             fine_tune_epochs=fine_tune_epochs,
@@ -217,6 +243,7 @@ class ImageClassifier:
             fine_tune_at=settings["fine_tune_at"],
             patience=self.patience,
             steps_per_epoch=steps,
+            class_weight=class_weights,
             verbose=self.verbose,
         )
 
@@ -233,6 +260,8 @@ class ImageClassifier:
             "fine_tune_epochs": fine_tune_epochs,
             "fine_tune_at": settings["fine_tune_at"],
             "fine_tune_learning_rate": settings["fine_tune_learning_rate"],
+            "cached_views": self.cached_views_ if self.cache else None,
+            "class_weight": class_weights,
             "weights_file": str(find_local_weights(spec, self.weights_dir) or "")
             if self.weights == "imagenet"
             else self.weights,
@@ -264,7 +293,88 @@ class ImageClassifier:
         self.results_["seconds"] = round(time.perf_counter() - started, 2)
         if out_dir is not None:  # the final figure includes saving time
             self._write_config(out_dir)
+            self.report(out_dir)  # report.html: metrics, mistakes, Grad-CAM, activations
         return self
+
+    def _usable_files(self, data_dir, val_dir):
+        """Decode every file once (the `doctor` scan, cached by size and mtime) and keep
+        the usable ones, so a bad file can never stop an epoch. Returns (data_dir's
+        files, val_dir's files or None)."""
+        from transferkit import doctor
+
+        cache_root = Path(self.cache_dir) if self.cache_dir else Path.home() / ".cache" / "transferkit"
+        identity = hashlib.sha256(f"{Path(data_dir).resolve()}|{val_dir and Path(val_dir).resolve()}".encode())
+        with _progress(0, "Checking images", enabled=bool(self.verbose)) as advance:
+            scan = doctor.scan_dataset(
+                data_dir, val_dir=val_dir, cache_path=cache_root / "scans" / f"{identity.hexdigest()[:20]}.json",
+                progress=lambda done, total: advance(done, total),
+            )
+        self.skipped_files_ = doctor.skipped_rows(scan)
+        # Exact duplicates always share a split; near-duplicate groups only while small,
+        # since chained near duplicates (a burst, a render series) can swallow a class.
+        self.duplicate_groups_ = [
+            group.paths for group in scan.duplicates
+            if group.kind == "exact" or len(group.paths) <= MAX_NEAR_DUPLICATE_GROUP
+        ]
+        if self.skipped_files_:
+            logger.warning(
+                "Skipping %d file(s) that cannot be used, e.g. %s (%s); `transferkit doctor` lists them all.",
+                len(self.skipped_files_), self.skipped_files_[0]["path"], self.skipped_files_[0]["reason"],
+            )
+        usable = {split: doctor.usable_labelled(scan, split) for split in ("train", "validation")}
+        for split, labelled in usable.items():
+            empty = [name for name, n in labelled.class_counts().items() if n == 0]
+            if empty and (split == "train" or val_dir is not None):
+                raise DataError(
+                    f"Class(es) {empty} have no usable {split} image left after skipping unreadable files. "
+                    "Run `transferkit doctor` on the folder to see why each file was refused."
+                )
+        return usable["train"], (usable["validation"] if val_dir is not None else None)
+
+    def _cached_stages(self, model, files, train_files, val_files, data_dir, settings, fine_tune_epochs):
+        """Stage inputs that train on cached backbone activations (see `features`)."""
+        from transferkit import features
+        from transferkit.model import backbone_of, clean_cut, fine_tune_index
+
+        base = backbone_of(model)
+        cut = clean_cut(base, fine_tune_index(base, settings["fine_tune_at"])) if fine_tune_epochs else None
+        extractor = features.ViewExtractor(model, cut)
+        key_settings = {
+            "backbone": self.backbone, "weights": self._weights_identity(settings["spec"]),
+            "image_size": settings["image_size"], "augmentation": dataclasses.asdict(settings["augmentation"]),
+            "cut": base.operations[cut].name if cut is not None else None, "seed": self.seed,
+        }
+        cache_dir = Path(self.cache_dir) if self.cache_dir else None
+        splits = []
+        views = self.cached_views or auto_views(len(train_files))
+        self.cached_views_ = views
+        for split_files, views in ((train_files, views), (val_files, 1)):
+            key = features.cache_key(split_files, data_dir, {**key_settings, "views": views}) if cache_dir else None
+            total = len(split_files) * views
+            label = f"Caching backbone activations ({views} view{'s' * (views > 1)})"
+            with _progress(total, label, enabled=bool(self.verbose)) as advance:
+                splits.append(features.cached_views(
+                    extractor, split_files, settings["image_size"], views, self.batch_size, cache_dir, key, advance
+                ))
+        train, val = splits
+        self.backbone_images_processed_ = extractor.images_processed
+
+        def batches(kind):
+            return (
+                features.ViewBatches(getattr(train, kind), train, self.batch_size, shuffle=True, seed=self.seed),
+                features.ViewBatches(getattr(val, kind), val, self.batch_size, shuffle=False, seed=self.seed),
+            )
+
+        stage1 = (features.head_model(model, extractor), *batches("pooled"))
+        return stage1, lambda: (features.top_model(model, extractor), *batches("boundary"))
+
+    def _weights_identity(self, spec) -> str:
+        """What identifies the backbone weights in a cache key: the local file's digest, or the name."""
+        from transferkit.backbones import resolve_weights
+        from transferkit.features import file_digest
+
+        resolved = resolve_weights(spec, self.weights, self.weights_dir)
+        return file_digest(resolved) if resolved and os.path.isfile(resolved) else str(resolved)
 
     # -- inference ----------------------------------------------------------------
 
@@ -315,22 +425,35 @@ class ImageClassifier:
             predictions.append(Prediction(path, ranked[0][0], ranked[0][1], ranked))
         return predictions
 
-    def evaluate(self, data_dir, batch_size: int | None = None) -> dict:
-        """Accuracy and log loss on a labelled folder with the model's classes."""
-        from sklearn.metrics import accuracy_score, log_loss
+    def evaluate(
+        self, data_dir=None, batch_size: int | None = None, *, out=None, allow_class_subset: bool = False,
+        run_dir=None,
+    ) -> dict:
+        """Accuracy, per-class precision/recall/F1, confusion matrix, ROC-AUC or top-k, log loss.
+
+        On a labelled folder, or (`data_dir=None`) on the run's own validation split,
+        reproduced from split.csv after `load`. A folder whose classes differ from the
+        model's is an error unless `allow_class_subset`. With `out`, metrics.json,
+        predictions.csv, misclassified.csv, confusion_matrix.png and misclassified.png
+        are written there. Unreadable images are skipped and listed under "unreadable".
+        """
+        from transferkit import evaluation
 
         self._check_fitted()
-        files = data.list_class_folders(data_dir, classes=self.classes_)
-        probabilities = self.predict_proba(files.paths, batch_size)
-        readable = ~np.isnan(probabilities).any(axis=1)
-        labels = np.asarray(files.labels)[readable]
-        probabilities = probabilities[readable]
-        return {
-            "images": int(readable.sum()),
-            "unreadable": [p for p, ok in zip(files.paths, readable) if not ok],
-            "accuracy": float(accuracy_score(labels, probabilities.argmax(axis=1))),
-            "loss": float(log_loss(labels, probabilities, labels=range(len(self.classes_)))),
-        }
+        _check_positive("batch_size", batch_size, kind=int, allow_none=True)
+        if not isinstance(allow_class_subset, bool):
+            raise ConfigError(f"allow_class_subset must be True or False, got {allow_class_subset!r}.")
+        if data_dir is None:
+            files, missing, extra = evaluation.validation_files(self, run_dir), [], []
+            source = "validation split"
+        else:
+            files, missing, extra = evaluation.labelled_folder(data_dir, self.classes_, allow_class_subset)
+            source = str(data_dir)
+        result = evaluation.evaluate_files(self, files, batch_size, source, missing, extra)
+        metrics = result.metrics()
+        if out is not None:
+            metrics["files"] = evaluation.write_evaluation(result, out)
+        return metrics
 
     # -- persistence --------------------------------------------------------------
 
@@ -374,6 +497,8 @@ class ImageClassifier:
                 for path, label in zip(files.paths, files.labels)
             ]
             rundir.write_csv(run_dir / rundir.SPLIT_FILE, split_rows)
+            rundir.write_csv(run_dir / rundir.SKIPPED_FILE, self.skipped_files_,
+                             ["path", "class", "split", "code", "reason"])
             self._plot_samples(run_dir / "samples.png")
         return run_dir
 
@@ -417,7 +542,67 @@ class ImageClassifier:
             (row["epoch"] for row in classifier.history_ if row["stage"] == 2), None
         )
         classifier.train_files_ = classifier.val_files_ = None
+        classifier.run_dir_ = run_dir
+        classifier.skipped_files_ = []
         return classifier
+
+    # -- seeing what the model learned ---------------------------------------------
+
+    def explain(self, inputs, class_name: str | None = None, out=None, layer: str | None = None) -> list:
+        """Grad-CAM heatmaps at each image's own size, for the predicted class or `class_name`.
+
+        Folders are searched recursively; unreadable images are skipped with a warning.
+        With `out`, an overlay PNG per image is written there.
+        """
+        from transferkit.explain import explain_images
+
+        self._check_fitted()
+        return explain_images(self, expand_image_paths(inputs), class_name, out, layer)
+
+    def activations(self, image, layers=None, out=None, max_channels: int = 32) -> list:
+        """Feature maps of backbone layers (names or indices; default early/middle/late) for one image."""
+        from transferkit.explain import activation_grids
+
+        self._check_fitted()
+        return activation_grids(self, image, layers, out, max_channels)
+
+    def backbone_layers(self) -> list[dict]:
+        """Index, name, type and output shape of every backbone layer."""
+        from transferkit.explain import layer_table
+        from transferkit.model import backbone_of
+
+        self._check_fitted()
+        return layer_table(backbone_of(self.model_))
+
+    def preview(self, data_dir, out, draws: int = 8, image=None) -> dict:
+        """Sample grid and augmentation preview of `data_dir` with this classifier's settings; no training."""
+        from transferkit.report import preview_dataset
+
+        spec = get_backbone(self.backbone)
+        size = getattr(self, "image_size_", None) or self.image_size or spec.default_size
+        check_image_size(spec, size)
+        return preview_dataset(data_dir, out, self.augment, size, self.seed, draws, image)
+
+    def report(self, run_dir=None) -> Path:
+        """(Re)build report.html in the run directory; returns its path."""
+        from transferkit.report import write_report
+
+        self._check_fitted()
+        return write_report(self, run_dir)
+
+    # -- deployment ---------------------------------------------------------------
+
+    def export(self, format: str, out=None, *, run_dir=None, calibration_images=100, parity_images=None,
+               overwrite: bool = False):
+        """Export as savedmodel, tflite, tflite-fp16, tflite-int8 or onnx, then check its top-1
+        against this model (see `transferkit.export`). `out` defaults to RUN/export/ of the run
+        this classifier was saved to or loaded from; returns an `ExportResult`."""
+        from transferkit.export import export_classifier
+
+        self._check_fitted()
+        run_dir = run_dir or getattr(self, "run_dir_", None) or getattr(self, "results_", {}).get("run_dir")
+        return export_classifier(self, format, out, run_dir=run_dir, calibration_images=calibration_images,
+                                 parity_images=parity_images, overwrite=overwrite)
 
 
 def _history_fields(history: list[dict]) -> list[str]:
@@ -461,7 +646,7 @@ class _progress:
 
     def __enter__(self):
         if not self.enabled:
-            return lambda n: None
+            return lambda n, total=None: None
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -470,8 +655,15 @@ class _progress:
             console=Console(stderr=True), transient=True,
         )
         self._bar.__enter__()
-        task = self._bar.add_task(self.description, total=self.total)
-        return lambda n: self._bar.advance(task, n)
+        task = self._bar.add_task(self.description, total=self.total or None)
+
+        def update(n, total=None):
+            if total is None:
+                self._bar.advance(task, n)
+            else:  # absolute progress: n of total done
+                self._bar.update(task, completed=n, total=total)
+
+        return update
 
     def __exit__(self, *exc):
         if self.enabled:

@@ -26,7 +26,9 @@ logger = logging.getLogger("transferkit")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # Operating-system litter that is never a class or an image.
-IGNORED_NAMES = {"__MACOSX", "Thumbs.db", "desktop.ini"}
+IGNORED_NAMES = {"__MACOSX", "Thumbs.db", "desktop.ini", "@eaDir", "$RECYCLE.BIN", "System Volume Information"}
+# Pillow's own default; larger images are refused as possible decompression bombs.
+DEFAULT_MAX_PIXELS = 89_478_485
 
 
 @dataclass(frozen=True)
@@ -63,10 +65,19 @@ def is_image_file(path: str | os.PathLike) -> bool:
 
 
 def find_images(folder: str | os.PathLike) -> list[str]:
-    """Image files under `folder`, recursively, sorted, hidden files and OS litter skipped."""
-    found = []
+    """Image files under `folder`, recursively, sorted, hidden files and OS litter skipped.
+
+    Symbolic links are followed once: a folder already visited (a link loop) is skipped.
+    """
+    found, seen = [], {os.path.realpath(folder)}
     for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if _visible(d))
+        kept = []
+        for d in sorted(dirs):
+            real = os.path.realpath(os.path.join(root, d))
+            if _visible(d) and real not in seen:
+                seen.add(real)
+                kept.append(d)
+        dirs[:] = kept
         found.extend(os.path.join(root, f) for f in files if is_image_file(f))
     return sorted(found)
 
@@ -131,14 +142,17 @@ def split_key(path: str, seed: int) -> float:
 
 
 def stratified_split(
-    files: LabelledFiles, val_split: float, seed: int, root: str | os.PathLike | None = None
+    files: LabelledFiles, val_split: float, seed: int, root: str | os.PathLike | None = None,
+    groups: Sequence[Sequence[str]] = (),
 ) -> tuple[LabelledFiles, LabelledFiles]:
     """Hold out about `val_split` of each class for validation.
 
     A file goes to validation when its `split_key` (a hash of the seed and its path
     relative to `root`) falls below `val_split`, so the split is reproducible and
-    adding images never moves existing ones between splits. Each class keeps at
-    least one image on each side.
+    adding images never moves existing ones between splits. Files in one of `groups`
+    (e.g. near duplicates) all follow the group member with the lowest key, so a
+    duplicate never leaks across the split. Each class keeps at least one image on
+    each side.
     """
     if isinstance(val_split, bool) or not isinstance(val_split, (int, float)) or not 0.0 < val_split < 1.0:
         raise DataError(
@@ -150,6 +164,11 @@ def stratified_split(
     ])
     labels = np.asarray(files.labels)
     is_val = keys < val_split
+    position = {path: i for i, path in enumerate(files.paths)}
+    for group in groups:
+        members = [position[p] for p in group if p in position]
+        if members:
+            is_val[members] = is_val[min(members, key=lambda i: keys[i])]
     for index, name in enumerate(files.classes):
         members = np.flatnonzero(labels == index)
         if len(members) * val_split < 0.5 or len(members) < 2:
@@ -180,9 +199,14 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
+def load_image(path: str | os.PathLike, size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode one file to a uint8 RGB array, resized to size x size if given."""
     with Image.open(path) as image:
+        if image.width * image.height > max_pixels:
+            raise DataError(
+                f"{path}: {image.width}x{image.height} pixels is above the limit of {max_pixels} "
+                "(a possible decompression bomb); downscale the file to use it."
+            )
         if size is not None:
             image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, still >= size
         image = ImageOps.exif_transpose(image)

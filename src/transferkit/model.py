@@ -4,8 +4,12 @@ inputs (0-255) -> augmentation -> backbone preprocess_input -> backbone (trainin
 -> GlobalAveragePooling2D -> Dropout -> [Dense ReLU ...] -> Dense sigmoid/softmax.
 
 Preprocessing lives in the model so a saved or exported model takes plain pixels.
-The backbone is always called with training=False: batch norm keeps its ImageNet
-statistics in both stages, which is what makes fine-tuning on small sets stable.
+Batch norm keeps its ImageNet statistics in both stages, which is what makes
+fine-tuning on small sets stable. Calling the backbone with training=False is not
+enough for that in Keras 3: a functional model passes its own `training` flag down
+to every nested layer, overriding the one given at graph-building time. So batch
+norm layers are also never unfrozen; a non-trainable BatchNormalization always runs
+in inference mode.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ def build_classifier(
     if augmenter is not None:
         x = augmenter(x)
     x = BackbonePreprocessing(backbone.name, name="preprocess")(x)
-    x = base(x, training=False)
+    x = base(x, training=False)  # intent only; see unfreeze_from
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = keras.layers.Dropout(dropout, seed=seed, name="dropout")(x)
     for i, units in enumerate(hidden_units):
@@ -95,13 +99,16 @@ def fine_tune_index(base: keras.Model, fine_tune_at: int | str) -> int:
 
 
 def unfreeze_from(model: keras.Model, fine_tune_at: int | str) -> int:
-    """Make backbone layers from `fine_tune_at` up trainable; returns how many are."""
+    """Make backbone layers from `fine_tune_at` up trainable, batch norm excepted.
+
+    Returns how many layers were unfrozen.
+    """
     base = backbone_of(model)
     start = fine_tune_index(base, fine_tune_at)
     base.trainable = True
-    for layer in base.layers[:start]:
-        layer.trainable = False
-    return len(base.layers) - start
+    for index, layer in enumerate(base.layers):
+        layer.trainable = index >= start and not isinstance(layer, keras.layers.BatchNormalization)
+    return sum(layer.trainable for layer in base.layers[start:])
 
 
 def compile_classifier(model: keras.Model, num_classes: int, learning_rate) -> None:
@@ -119,3 +126,61 @@ def to_class_probabilities(model_output, num_classes: int):
         p = output.reshape(-1)
         return np.stack([1.0 - p, p], axis=1)
     return output
+
+
+def _arguments(operation) -> list:
+    node = operation._inbound_nodes[0]
+    return [t for t in keras.tree.flatten(node.arguments.args) if isinstance(t, keras.KerasTensor)]
+
+
+def clean_cut(base: keras.Model, layer_index: int) -> int:
+    """Position in `base.operations` of the latest cut at or below layer `layer_index`
+    where exactly one tensor flows upward.
+
+    Residual connections make most boundaries carry two tensors; caching activations
+    needs one. Operations (not only layers) are walked, since some backbones apply
+    raw ops such as Add or Multiply between layers.
+    """
+    operations = base.operations
+    position = {id(op): i for i, op in enumerate(operations)}
+    start = position[id(base.layers[layer_index])]
+    for cut in range(start, 0, -1):
+        crossing = {
+            id(t)
+            for op in operations[cut:]
+            for t in _arguments(op)
+            if position[id(t._keras_history.operation)] < cut
+        }
+        if len(crossing) == 1:
+            return cut
+    return 1
+
+
+def split_at(base: keras.Model, cut: int) -> tuple[keras.Model, keras.Model]:
+    """(lower, upper) models sharing `base`'s weights, with upper(lower(x)) == base(x).
+
+    `cut` is a position in `base.operations` from `clean_cut`. Keras 3 cannot build a
+    model from an intermediate tensor, so the upper part is rebuilt by calling the
+    operations from `cut` on again, in graph order, on a new input.
+    """
+    operations = base.operations
+    boundary = _arguments(operations[cut])[0]
+    lower = keras.Model(base.input, boundary, name=f"{base.name}_lower")
+    mapping = {id(boundary): keras.Input(boundary.shape[1:], name="boundary")}
+    for op in operations[cut:]:
+        node = op._inbound_nodes[0]
+        args, kwargs = keras.tree.map_structure(
+            lambda t: mapping[id(t)] if isinstance(t, keras.KerasTensor) else t,
+            (node.arguments.args, node.arguments.kwargs),
+        )
+        outputs = op(*args, **kwargs)
+        for old, new in zip(keras.tree.flatten(node.outputs), keras.tree.flatten(outputs)):
+            mapping[id(old)] = new
+    upper = keras.Model(mapping[id(boundary)], mapping[id(base.output)], name=f"{base.name}_upper")
+    return lower, upper
+
+
+def head_layers(model: keras.Model) -> list:
+    """The layers after global pooling: dropout, hidden dense layers, classifier."""
+    names = [layer.name for layer in model.layers]
+    return model.layers[names.index("pool") + 1 :]

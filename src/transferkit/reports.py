@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -34,6 +35,7 @@ def plot_learning_curves(history: Sequence[dict], fine_tune_start_epoch: int | N
             ax.axvline(fine_tune_start_epoch - 0.5, color="0.4", ls="--", lw=1, label="fine-tuning starts")
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right" if metric == "accuracy" else "upper right", fontsize=8)

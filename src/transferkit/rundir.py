@@ -5,6 +5,7 @@
     config.json          every setting, data summary, results, package versions
     history.csv          one row per epoch of both stages
     split.csv            which file went to training or validation
+    skipped.csv          files that could not be used, with the reason
     learning_curves.png  samples.png
 
 Files are written to a temporary name and renamed, so a crash never leaves a
@@ -29,7 +30,10 @@ CLASSES_FILE = "classes.txt"
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.csv"
 SPLIT_FILE = "split.csv"
+SKIPPED_FILE = "skipped.csv"
 REQUIRED_FILES = (MODEL_FILE, CLASSES_FILE, CONFIG_FILE)
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 @contextlib.contextmanager
@@ -41,6 +45,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would make shared reports private
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -1,0 +1,390 @@
+"""Exporting a trained classifier for deployment: SavedModel, TFLite (float32, float16,
+int8) and ONNX, each checked against the Keras model it came from.
+
+Every export takes what model.keras takes: float32 RGB pixels 0-255 of the model's
+input size, any batch size; the backbone's preprocessing is inside. The augmentation
+block is left out: Keras's own `model.export` traces `model.__call__` without
+`training=False`, and Keras 3 random layers then stay active, so a plain export would
+augment every image it classifies.
+
+Class names travel with the model: embedded (TFLite metadata, ONNX metadata_props)
+and in a labels sidecar (`model.labels.txt` beside a file, `labels.txt` inside a
+SavedModel folder). After writing, a parity check runs the export on the run's
+validation images and compares its top-1 with the Keras model's; the figures go to
+`model.export.json` (`export.json` in a SavedModel folder) with the class names, the
+input spec and the SHA-256 of the model.keras it was made from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from transferkit import data, rundir
+from transferkit.errors import ConfigError, DataError, RunDirError
+from transferkit.serve import (
+    INFO_SUFFIX,
+    LABELS_SUFFIX,
+    METADATA_NAME,
+    Predictor,
+    _quiet_native_stderr,
+    evenly_spaced,
+    file_digest,
+    sidecar,
+)
+
+logger = logging.getLogger("transferkit")
+
+FORMATS = ("savedmodel", "tflite", "tflite-fp16", "tflite-int8", "onnx")
+DEFAULT_NAMES = {
+    "savedmodel": "savedmodel",
+    "tflite": "model.tflite",
+    "tflite-fp16": "model_fp16.tflite",
+    "tflite-int8": "model_int8.tflite",
+    "onnx": "model.onnx",
+}
+EXPORT_DIR = "export"  # default place inside the run folder
+# Minimum top-1 agreement with Keras: float formats differ only by rounding; int8
+# quantisation may flip images that sit on a decision boundary.
+PARITY_THRESHOLDS = {"tflite-int8": 0.97}
+FLOAT_PARITY_THRESHOLD = 0.99
+DEFAULT_CALIBRATION_IMAGES = 100
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    format: str
+    path: Path
+    labels_path: Path
+    info_path: Path
+    size_bytes: int
+    parity: dict  # images, agreement, threshold, passed, max_abs_difference, disagreements, ...
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
+def check_format(format: str) -> str:
+    if format not in FORMATS:
+        raise ConfigError(f"Unknown export format {format!r}; choose one of {', '.join(FORMATS)}.")
+    return format
+
+
+def export_model(run_dir, format: str, out=None, *, calibration_images=DEFAULT_CALIBRATION_IMAGES,
+                 parity_images=None, overwrite: bool = False) -> ExportResult:
+    """Export the model of a run folder as `format` to `out` (default RUN/export/<name>).
+
+    `calibration_images` (tflite-int8 only) and `parity_images` are a number of the
+    run's training / validation images, or image files and folders; `parity_images=None`
+    checks on every validation image.
+    """
+    from transferkit.api import ImageClassifier
+
+    check_format(format)
+    rundir.read_config(run_dir)  # RunDirError before anything heavy
+    classifier = ImageClassifier.load(run_dir)
+    return export_classifier(classifier, format, out, run_dir=run_dir, calibration_images=calibration_images,
+                             parity_images=parity_images, overwrite=overwrite)
+
+
+def export_classifier(classifier, format: str, out=None, *, run_dir=None,
+                      calibration_images=DEFAULT_CALIBRATION_IMAGES, parity_images=None,
+                      overwrite: bool = False, model_digest: str | None = None) -> ExportResult:
+    """`export_model` for a fitted or loaded `ImageClassifier`; `run_dir` is where its
+    split.csv and model.keras are (not needed when it was fitted in this process and `out` is given)."""
+    started = time.perf_counter()
+    check_format(format)
+    classifier._check_fitted()
+    if not isinstance(overwrite, bool):
+        raise ConfigError(f"overwrite must be True or False, got {overwrite!r}.")
+    if run_dir is not None:
+        rundir.check_run_dir(run_dir)
+    out = _output_path(format, out, run_dir, overwrite)
+    if format == "onnx":
+        _check_onnx_packages()
+    calibration = (
+        _image_list(calibration_images, classifier, run_dir, "train", "calibration_images")
+        if format == "tflite-int8" else []
+    )
+    check_paths = _image_list(parity_images, classifier, run_dir, "validation", "parity_images")
+    if model_digest is None and run_dir is not None:
+        model_digest = file_digest(Path(run_dir) / rundir.MODEL_FILE)
+
+    model = inference_model(classifier.model_)
+    size = int(classifier.image_size_)
+    metadata = _metadata(classifier, format, model_digest)
+    if format == "savedmodel":
+        _write_savedmodel(model, out, metadata)
+    elif format == "onnx":
+        _write_onnx(model, out, metadata)
+    else:
+        _write_tflite(model, out, format, metadata, calibration, size)
+    labels_path = sidecar(out, LABELS_SUFFIX, folder=format == "savedmodel")
+    rundir.write_text(labels_path, "\n".join(classifier.classes_) + "\n")
+
+    parity = parity_check(classifier, out, check_paths, PARITY_THRESHOLDS.get(format, FLOAT_PARITY_THRESHOLD))
+    size_bytes = _size_of(out)
+    info_path = sidecar(out, INFO_SUFFIX, folder=format == "savedmodel")
+    rundir.write_json(info_path, {
+        **metadata,
+        "path": str(out),
+        "size_bytes": size_bytes,
+        "source_run": str(Path(run_dir).resolve()) if run_dir is not None else None,
+        "calibration_images": len(calibration) if format == "tflite-int8" else None,
+        "parity": parity,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": rundir.package_versions(),
+    })
+    if not parity["passed"]:
+        logger.warning(
+            "%s export agrees with the Keras model on %.1f %% of %d images, below the %.0f %% required.",
+            format, 100 * parity["agreement"], parity["images"], 100 * parity["threshold"],
+        )
+    return ExportResult(format, out, labels_path, info_path, size_bytes, parity,
+                        round(time.perf_counter() - started, 2))
+
+
+# -- checks ----------------------------------------------------------------------------
+
+
+def _output_path(format: str, out, run_dir, overwrite: bool) -> Path:
+    """Where the export goes; refuses a wrong suffix, or an existing target unless `overwrite`."""
+    if out is None:
+        if run_dir is None:
+            raise ConfigError("Pass out=... : this classifier has no run folder to export into.")
+        out = Path(run_dir) / EXPORT_DIR / DEFAULT_NAMES[format]
+    out = Path(out)
+    if format == "savedmodel":
+        if out.is_file():
+            raise RunDirError(f"'{out}' is a file; a SavedModel export is a folder. Pass a folder path.")
+        if out.is_dir() and any(out.iterdir()):
+            if not overwrite:
+                raise RunDirError(f"'{out}' already exists and is not empty; pass overwrite (--overwrite) to replace it.")
+            if not (out / "saved_model.pb").is_file():
+                raise RunDirError(f"'{out}' is a folder that holds no SavedModel; refusing to replace it. Pick another path.")
+        return out
+    suffix = ".onnx" if format == "onnx" else ".tflite"
+    if out.suffix.lower() != suffix:
+        raise ConfigError(f"A {format} export is a {suffix} file; got '{out}'. Pass a path ending in {suffix}.")
+    if out.is_dir():
+        raise RunDirError(f"'{out}' is a folder; pass a file path ending in {suffix}.")
+    if out.exists() and not overwrite:
+        raise RunDirError(f"'{out}' already exists; pass overwrite (--overwrite) to replace it.")
+    return out
+
+
+def _check_onnx_packages() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+        import tf2onnx  # noqa: F401
+    except ImportError as error:
+        raise ConfigError(
+            f"ONNX export needs tf2onnx, onnx and onnxruntime ({error.name} is missing): "
+            "pip install 'transferkit[onnx]' (or pip install tf2onnx onnx onnxruntime)."
+        ) from error
+
+
+def _image_list(spec, classifier, run_dir, split: str, name: str) -> list[str]:
+    """Image paths from a count of the run's `split` images (None: all), or files/folders."""
+    from transferkit.api import expand_image_paths
+
+    if spec is None or (isinstance(spec, int) and not isinstance(spec, bool)):
+        if spec is not None and spec < 1:
+            raise ConfigError(f"{name} must be a positive number of images, image files or folders, got {spec!r}.")
+        paths = [p for p in _split_paths(classifier, run_dir, split) if os.path.isfile(p)]
+        if not paths:
+            raise DataError(
+                f"None of the run's {split} images exists any more (see split.csv); pass {name} as image files or a folder."
+            )
+        return evenly_spaced(paths, spec)
+    if isinstance(spec, (str, os.PathLike)) or (isinstance(spec, Sequence) and not isinstance(spec, bytes)):
+        paths = expand_image_paths(spec)
+        if not paths:
+            raise DataError(f"{name} names no image files: {spec!r}.")
+        return paths
+    raise ConfigError(f"{name} must be a positive number of images, image files or folders, got {spec!r}.")
+
+
+def _split_paths(classifier, run_dir, split: str) -> list[str]:
+    from transferkit.evaluation import read_split
+
+    files = getattr(classifier, "train_files_" if split == "train" else "val_files_", None)
+    if files is not None:
+        return list(files.paths)
+    if run_dir is None:
+        raise ConfigError(
+            f"This classifier has no run folder with a split.csv to take {split} images from; "
+            "pass the images (files or a folder) instead."
+        )
+    return list(read_split(run_dir, split, classifier.classes_).paths)
+
+
+# -- the model that is exported ----------------------------------------------------------
+
+
+def inference_model(model):
+    """`model` without its augmentation block: the same layers (and weights), called with
+    training=False, so no random op reaches the exported graph."""
+    import keras
+
+    inputs = keras.Input(model.input_shape[1:], name="image")
+    x = inputs
+    for layer in model.layers[1:]:
+        if layer.name != "augmentation":
+            x = layer(x, training=False)
+    stripped = keras.Model(inputs, x, name=f"{model.name}_inference")
+    probe = np.random.default_rng(0).uniform(0, 255, (2, *model.input_shape[1:])).astype("float32")
+    expected = np.asarray(model(probe, training=False))
+    if not np.allclose(np.asarray(stripped(probe, training=False)), expected, atol=1e-5):
+        raise ConfigError(f"Model {model.name!r} is not a chain of layers transferkit can export.")
+    return stripped
+
+
+def _metadata(classifier, format: str, model_digest: str | None) -> dict:
+    from transferkit import __version__
+
+    size = int(classifier.image_size_)
+    two = len(classifier.classes_) == 2
+    return {
+        "format": format,
+        "classes": list(classifier.classes_),
+        "image_size": size,
+        "input": {
+            "name": "image", "dtype": "float32", "shape": [None, size, size, 3],
+            "pixels": "RGB 0-255, resized to image_size x image_size; the model normalises them itself",
+        },
+        "output": (f"shape [batch, 1]: probability of {classifier.classes_[1]!r} (sigmoid)" if two
+                   else f"shape [batch, {len(classifier.classes_)}]: softmax over classes"),
+        "backbone": classifier.backbone,
+        "model_digest": model_digest,
+        "transferkit_version": __version__,
+    }
+
+
+def _write_savedmodel(model, out: Path, metadata: dict) -> None:
+    """Keras's own SavedModel export (endpoint `serve`), written beside and renamed into place."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would make the export private
+    try:
+        with _quiet_native_stderr():
+            model.export(str(tmp), format="tf_saved_model", verbose=False)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_tflite(model, out: Path, format: str, metadata: dict, calibration: list[str], size: int) -> None:
+    """Keras's own LiteRT export with converter settings per format; builtin ops only,
+    so any TFLite runtime (and XNNPACK) runs the file without the TF-ops delegate."""
+    import tensorflow as tf
+
+    options = {"target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]}}
+    if format == "tflite-fp16":
+        options = {"optimizations": [tf.lite.Optimize.DEFAULT],
+                   "target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS],
+                                   "supported_types": [tf.float16]}}
+    elif format == "tflite-int8":
+        options = {"optimizations": [tf.lite.Optimize.DEFAULT],
+                   "representative_dataset": _representative_dataset(calibration, size),
+                   "target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]}}
+    with rundir.atomic_path(out) as tmp:
+        with _quiet_native_stderr():
+            model.export(tmp, format="litert", verbose=False, **options)
+        _embed_tflite_metadata(tmp, metadata)
+
+
+def _representative_dataset(paths: list[str], size: int):
+    """Calibration batches of one decoded training image each, as the converter wants them."""
+    images = []
+    for path in paths:
+        try:
+            images.append(data.load_image(path, size).astype(np.float32))
+        except Exception as error:  # noqa: BLE001 - an unreadable file just does not calibrate
+            logger.warning("Skipping calibration image %s: %s", path, error)
+    if not images:
+        raise DataError(f"None of the {len(paths)} calibration images could be decoded.")
+
+    def batches():
+        for image in images:
+            yield [image[None]]
+
+    return batches
+
+
+def _embed_tflite_metadata(path, metadata: dict) -> None:
+    """Add a 'transferkit' metadata entry (JSON) to a .tflite flatbuffer, in place."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(Path(path).read_bytes()))
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(json.dumps(metadata).encode("utf-8"), dtype=np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = METADATA_NAME
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = [*(model.metadata or []), entry]
+    Path(path).write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
+
+
+def _write_onnx(model, out: Path, metadata: dict) -> None:
+    """Keras's own ONNX export (tf2onnx), with the metadata in metadata_props."""
+    import onnx
+
+    with rundir.atomic_path(out) as tmp:
+        with _quiet_native_stderr():
+            model.export(tmp, format="onnx", verbose=False)
+        proto = onnx.load(tmp)
+        onnx.helper.set_model_props(proto, {METADATA_NAME: json.dumps(metadata)})
+        onnx.save(proto, tmp)
+
+
+def _size_of(path: Path) -> int:
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
+
+
+# -- the parity check ----------------------------------------------------------------------
+
+
+def parity_check(classifier, export_path, paths: Sequence[str], threshold: float) -> dict:
+    """Top-1 agreement of the export with the Keras model on `paths` (readable ones)."""
+    expected = classifier.predict_proba(paths)
+    predictor = Predictor(export_path)
+    if list(predictor.classes) != list(classifier.classes_):
+        raise RunDirError(f"'{export_path}' names classes {predictor.classes}, not {classifier.classes_}.")
+    got = predictor.predict_proba(paths)
+    readable = ~(np.isnan(expected).any(axis=1) | np.isnan(got).any(axis=1))
+    if not readable.any():
+        raise DataError(f"None of the {len(paths)} parity-check images could be decoded.")
+    same = expected[readable].argmax(axis=1) == got[readable].argmax(axis=1)
+    agreement = float(same.mean())
+    checked = [p for p, r in zip(paths, readable) if r]
+    return {
+        "images": int(readable.sum()),
+        "agreement": round(agreement, 4),
+        "threshold": threshold,
+        "passed": agreement >= threshold,
+        "max_abs_difference": round(float(np.abs(expected[readable] - got[readable]).max()), 6),
+        "disagreements": [p for p, s in zip(checked, same) if not s],
+        "runtime": predictor.last_stats.get("description"),
+        "images_per_second": predictor.last_stats.get("images_per_second"),
+    }

@@ -1,0 +1,213 @@
+"""Cache what the frozen backbone computes, so epochs cost almost nothing.
+
+In stage 1 the backbone is frozen, so its output for an image changes only with the
+augmentation draw. Each training image is pushed through the backbone once for each
+of K views (view 0 un-augmented, views 1..K-1 drawn from the model's augmentation
+layers; validation images once, un-augmented). One pass records two things:
+
+- the activation at the fine-tuning boundary (a single tensor, see `model.clean_cut`),
+  on which stage 2 trains only the unfrozen top of the network, and
+- the pooled backbone output, on which stage 1 trains the head.
+
+Every epoch draws one random view per image. The layers are shared with the full
+model, so training the small models trains the full one; the saved model is the
+complete end-to-end model.
+
+Caches are keyed by everything that changes them (file contents, backbone and
+weights, image size, augmentation, cut, views, seed) and can live in a cache folder
+as memory-mapped .npy files, reused across runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import keras
+import numpy as np
+
+from transferkit import data
+from transferkit.rundir import atomic_path
+from transferkit.model import backbone_of, split_at
+
+logger = logging.getLogger("transferkit")
+
+CACHE_FORMAT = 1
+IN_MEMORY_LIMIT_BYTES = 1 << 30  # larger caches go to memory-mapped files
+
+
+@dataclass
+class ViewArrays:
+    """Cached activations of one split: arrays of shape (images, views, ...)."""
+
+    boundary: np.ndarray | None
+    pooled: np.ndarray
+    labels: np.ndarray
+    readable: np.ndarray  # False for files that could not be decoded: never trained on
+
+
+def file_digest(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cache_key(files: data.LabelledFiles, root, settings: dict) -> str:
+    """Hash of the files' contents (with relative paths and labels) and the settings."""
+    digest = hashlib.sha256(json.dumps({**settings, "format": CACHE_FORMAT}, sort_keys=True, default=str).encode())
+    for path, label in zip(files.paths, files.labels):
+        digest.update(f"{os.path.relpath(path, root)}\0{label}\0{file_digest(path)}\n".encode())
+    return digest.hexdigest()[:24]
+
+
+class ViewExtractor:
+    """Runs images through augmentation, preprocessing and the split backbone."""
+
+    def __init__(self, model: keras.Model, cut: int | None):
+        import tensorflow as tf
+
+        base = backbone_of(model)
+        names = [layer.name for layer in model.layers]
+        self.augmenter = model.get_layer("augmentation") if "augmentation" in names else None
+        self.preprocess = model.get_layer("preprocess")
+        self.pool = model.get_layer("pool")
+        self.lower, self.upper = split_at(base, cut) if cut is not None else (base, None)
+        self.boundary_shape = tuple(self.lower.output.shape[1:]) if cut is not None else None
+        self.pooled_dim = int(self.pool.output.shape[-1])
+
+        @tf.function(reduce_retracing=True)
+        def run(images, augment):
+            if augment and self.augmenter is not None:
+                images = self.augmenter(images, training=True)
+            boundary = self.lower(self.preprocess(images), training=False)
+            top = self.upper(boundary, training=False) if self.upper is not None else boundary
+            return boundary, self.pool(top)
+
+        self._run = run
+        self.images_processed = 0  # backbone forward passes, to show cache hits skip them
+
+    def extract(self, paths: Sequence[str], image_size: int, views: int, batch_size: int,
+                boundary_out: np.ndarray | None, pooled_out: np.ndarray, progress=None) -> np.ndarray:
+        """Fill `pooled_out[i, v]` (and `boundary_out[i, v]`) for every image and view.
+
+        Returns which images could be decoded.
+        """
+        dataset = data.make_dataset(paths, None, image_size, batch_size, drop_unreadable=False)
+        readable = np.ones(len(paths), bool)
+        for view in range(views):
+            row = 0
+            for images, ok in dataset:
+                boundary, pooled = self._run(images, view > 0)
+                count = int(images.shape[0])
+                readable[row : row + count] &= ok.numpy()
+                pooled_out[row : row + count, view] = pooled.numpy()
+                if boundary_out is not None:
+                    boundary_out[row : row + count, view] = boundary.numpy().astype(boundary_out.dtype)
+                row += count
+                self.images_processed += count
+                if progress:
+                    progress(count)
+        return readable
+
+
+def _allocate(shape, dtype, directory: Path | None, name: str):
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if directory is None and nbytes <= IN_MEMORY_LIMIT_BYTES:
+        return np.zeros(shape, dtype)
+    if directory is None:
+        directory = Path(tempfile.mkdtemp(prefix="transferkit-cache-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    return np.lib.format.open_memmap(directory / f"{name}.partial.npy", mode="w+", dtype=dtype, shape=shape)
+
+
+def _finish(array, directory: Path | None, name: str):
+    """Give a filled array its final file name (atomically) when it is kept on disk."""
+    if isinstance(array, np.memmap):
+        array.flush()
+        final = Path(array.filename).with_name(f"{name}.npy")
+        os.replace(array.filename, final)
+        return np.load(final, mmap_mode="r")
+    if directory is not None:
+        with atomic_path(directory / f"{name}.npy") as tmp:
+            np.save(tmp, array)
+    return array
+
+
+def cached_views(extractor: ViewExtractor, files: data.LabelledFiles, image_size: int, views: int,
+                 batch_size: int, cache_dir: Path | None, key: str | None, progress=None) -> ViewArrays:
+    """Load the arrays for `key` from `cache_dir`, or compute (and store) them."""
+    labels = np.asarray(files.labels, np.int32)
+    folder = Path(cache_dir) / key if cache_dir is not None and key else None
+    names = ["pooled", "readable"] + (["boundary"] if extractor.boundary_shape else [])
+    if folder is not None and all((folder / f"{n}.npy").exists() for n in names):
+        logger.info("Reusing cached backbone activations from %s", folder)
+        loaded = {n: np.load(folder / f"{n}.npy", mmap_mode="r") for n in names}
+        return ViewArrays(loaded.get("boundary"), loaded["pooled"], labels, np.asarray(loaded["readable"]))
+    n = len(files)
+    pooled = _allocate((n, views, extractor.pooled_dim), np.float32, folder, "pooled")
+    boundary = (
+        _allocate((n, views, *extractor.boundary_shape), np.float16, folder, "boundary")
+        if extractor.boundary_shape else None
+    )
+    readable = extractor.extract(files.paths, image_size, views, batch_size, boundary, pooled, progress)
+    pooled = _finish(pooled, folder, "pooled")
+    if boundary is not None:
+        boundary = _finish(boundary, folder, "boundary")
+    _finish(readable, folder, "readable")
+    return ViewArrays(boundary, pooled, labels, readable)
+
+
+class ViewBatches(keras.utils.PyDataset):
+    """Batches of cached activations, one randomly drawn view per image each epoch."""
+
+    def __init__(self, arrays: np.ndarray, split: ViewArrays, batch_size: int, shuffle: bool, seed: int):
+        super().__init__()
+        self.arrays, self.labels = arrays, split.labels
+        self.rows = np.flatnonzero(split.readable)
+        self.batch_size, self.shuffle = batch_size, shuffle
+        self.rng = np.random.default_rng(seed)
+        self.on_epoch_end()
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.rows) / self.batch_size)
+
+    def on_epoch_end(self):
+        self.order = self.rng.permutation(self.rows) if self.shuffle else self.rows
+        views = self.arrays.shape[1]
+        self.views = self.rng.integers(0, views, len(self.labels)) if self.shuffle else np.zeros(len(self.labels), int)
+
+    def __getitem__(self, index):
+        rows = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
+        batch = self.arrays[rows, self.views[rows]].astype(np.float32)
+        return batch, self.labels[rows]
+
+
+def head_model(model: keras.Model, extractor: ViewExtractor) -> keras.Model:
+    """Pooled features -> the model's own head layers (shared weights)."""
+    from transferkit.model import head_layers
+
+    inputs = keras.Input((extractor.pooled_dim,), name="pooled")
+    x = inputs
+    for layer in head_layers(model):
+        x = layer(x)
+    return keras.Model(inputs, x, name="cached_head")
+
+
+def top_model(model: keras.Model, extractor: ViewExtractor) -> keras.Model:
+    """Boundary activations -> unfrozen top of the backbone -> pooling -> head (shared weights)."""
+    from transferkit.model import head_layers
+
+    inputs = keras.Input(extractor.boundary_shape, name="boundary")
+    x = extractor.pool(extractor.upper(inputs))
+    for layer in head_layers(model):
+        x = layer(x)
+    return keras.Model(inputs, x, name="cached_top")
