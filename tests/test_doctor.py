@@ -16,14 +16,15 @@ import pytest
 from PIL import Image, ImageFile
 from typer.testing import CliRunner
 
-from conftest import ALPACA, copy_subset
+from conftest import ALPACA, checksums, copy_subset
 from dirty_data import build_dirty_dataset, near_copy, photo, sources
 from transferkit.cli import app
 from transferkit.data import list_class_folders
 from transferkit.doctor import (
-    CODES, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE, NEAR_DISTANCE, phash, scan_dataset, skipped_rows, usable_files,
+    CODES, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE, ERROR, NEAR_DISTANCE, phash, scan_dataset, skipped_rows, usable_files,
     usable_labelled,
 )
+from transferkit.data import IMAGE_EXTENSIONS
 from transferkit.errors import ConfigError, DataError
 
 runner = CliRunner()
@@ -349,3 +350,25 @@ def test_doctor_does_not_load_tensorflow(tiny_dir):
     code = ("import sys; from transferkit.doctor import scan_dataset; scan_dataset(sys.argv[1]); "
             "assert not {'tensorflow', 'keras'} & set(sys.modules), 'doctor must stay light'")
     subprocess.run([sys.executable, "-c", code, str(tiny_dir)], check=True, timeout=60)
+
+
+def test_training_on_dirty_data_completes_and_lists_exactly_the_skipped_files(dirty, tmp_path):
+    from transferkit import ImageClassifier
+    from transferkit.rundir import read_csv
+
+    from conftest import FAST
+
+    before = checksums(dirty.root)
+    run_dir = tmp_path / "run"
+    settings = {**FAST, "image_size": 64, "epochs": 2, "fine_tune_epochs": 1, "cached_views": 2, "val_split": 0.3}
+    classifier = ImageClassifier(**settings).fit(dirty.root, out=run_dir)
+    skipped = {os.path.relpath(row["path"], dirty.root) for row in read_csv(run_dir / "skipped.csv")}
+    unusable = {
+        path for code, paths in dirty.expected if CODES[code] == ERROR for path in paths
+        if path.lower().endswith(IMAGE_EXTENSIONS)
+    }
+    assert skipped == unusable and skipped
+    used = set(classifier.train_files_.paths) | set(classifier.val_files_.paths)
+    assert not {os.path.join(dirty.root, p) for p in skipped} & used
+    assert classifier.results_["val_accuracy"] is not None
+    assert checksums(dirty.root) == before

@@ -56,6 +56,8 @@ def test_run_directory_holds_everything(alpaca_run):
     with open(run_dir / "split.csv") as handle:
         split = list(csv.DictReader(handle))
     assert len(split) == 327 and {r["split"] for r in split} == {"train", "validation"}
+    assert all(len(r["sha256"]) == 64 for r in split)
+    assert len(config["data"]["fingerprint"]) == 64
     assert not list(run_dir.glob(".*.tmp*")), "temporary files left behind"
 
 
@@ -144,3 +146,12 @@ def test_imbalanced_data_is_weighted_and_reported_per_class(tmp_path):
     assert weights == pytest.approx({0: total / (2 * counts["alpaca"]), 1: total / (2 * counts["not alpaca"])})
     unweighted = ImageClassifier(**{**settings, "class_weight": "none"}).fit(data_dir)
     assert unweighted.resolved_settings_["class_weight"] is None
+
+
+def test_same_data_and_seed_give_the_same_split_and_metrics(tiny_dir):
+    settings = {**FAST, "image_size": 64, "epochs": 3, "fine_tune_epochs": 1, "cached_views": 2}
+    first, second = (ImageClassifier(**settings).fit(tiny_dir) for _ in range(2))
+    assert first.val_files_ == second.val_files_
+    assert first.data_summary_["fingerprint"] == second.data_summary_["fingerprint"]
+    for a, b in zip(first.history_, second.history_):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-4)

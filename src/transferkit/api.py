@@ -274,6 +274,8 @@ class ImageClassifier:
             "val_images": len(val_files),
             "train_class_counts": train_files.class_counts(),
             "val_class_counts": val_files.class_counts(),
+            "skipped_files": len(self.skipped_files_),
+            "fingerprint": self._data_fingerprint(data_dir),
         }
         self.results_ = {
             "run_dir": str(out_dir) if out_dir is not None else None,
@@ -296,6 +298,14 @@ class ImageClassifier:
             self.report(out_dir)  # report.html: metrics, mistakes, Grad-CAM, activations
         return self
 
+    def _data_fingerprint(self, data_dir) -> str:
+        """One hash of every used file's relative path, class and contents."""
+        digest = hashlib.sha256()
+        for files in (self.train_files_, self.val_files_):
+            for path, label in sorted(zip(files.paths, files.labels)):
+                digest.update(f"{os.path.relpath(path, data_dir)}\0{label}\0{self.file_hashes_.get(path)}\n".encode())
+        return digest.hexdigest()
+
     def _usable_files(self, data_dir, val_dir):
         """Decode every file once (the `doctor` scan, cached by size and mtime) and keep
         the usable ones, so a bad file can never stop an epoch. Returns (data_dir's
@@ -310,6 +320,7 @@ class ImageClassifier:
                 progress=lambda done, total: advance(done, total),
             )
         self.skipped_files_ = doctor.skipped_rows(scan)
+        self.file_hashes_ = {record.path: record.sha256 for record in scan.images}
         # Exact duplicates always share a split; near-duplicate groups only while small,
         # since chained near duplicates (a burst, a render series) can swallow a class.
         self.duplicate_groups_ = [
@@ -371,10 +382,9 @@ class ImageClassifier:
     def _weights_identity(self, spec) -> str:
         """What identifies the backbone weights in a cache key: the local file's digest, or the name."""
         from transferkit.backbones import resolve_weights
-        from transferkit.features import file_digest
 
         resolved = resolve_weights(spec, self.weights, self.weights_dir)
-        return file_digest(resolved) if resolved and os.path.isfile(resolved) else str(resolved)
+        return data.file_digest(resolved) if resolved and os.path.isfile(resolved) else str(resolved)
 
     # -- inference ----------------------------------------------------------------
 
@@ -492,7 +502,7 @@ class ImageClassifier:
             reports.plot_learning_curves(self.history_, self.fine_tune_start_epoch_, run_dir / "learning_curves.png")
         if getattr(self, "train_files_", None) is not None:
             split_rows = [
-                {"path": path, "class": self.classes_[label], "split": split}
+                {"path": path, "class": self.classes_[label], "split": split, "sha256": self.file_hashes_.get(path)}
                 for split, files in (("train", self.train_files_), ("validation", self.val_files_))
                 for path, label in zip(files.paths, files.labels)
             ]

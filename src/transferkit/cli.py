@@ -32,6 +32,24 @@ err = Console(stderr=True)
 DATA_PANEL, MODEL_PANEL, TRAIN_PANEL, AUG_PANEL, OUT_PANEL = "Data", "Backbone and head", "Training", "Augmentation", "Output"
 
 
+# Shared by every command that builds the augmentation (train, preview).
+AUGMENT_OPTIONS = {
+    "augment": typer.Option("standard", help=f"Preset: {', '.join(PRESETS)}.", rich_help_panel=AUG_PANEL),
+    "flip": typer.Option(None, help=f"Override: {', '.join(FLIP_MODES)}.", rich_help_panel=AUG_PANEL, show_default=False),
+    "rotation": typer.Option(None, help="Override: max rotation, fraction of a full turn.", rich_help_panel=AUG_PANEL, show_default=False),
+    "zoom": typer.Option(None, help="Override: max zoom in/out fraction.", rich_help_panel=AUG_PANEL, show_default=False),
+    "shift": typer.Option(None, help="Override: max shift, fraction of width/height.", rich_help_panel=AUG_PANEL, show_default=False),
+    "shear": typer.Option(None, help="Override: max shear factor.", rich_help_panel=AUG_PANEL, show_default=False),
+    "brightness": typer.Option(None, help="Override: max brightness change, fraction of range.", rich_help_panel=AUG_PANEL, show_default=False),
+    "contrast": typer.Option(None, help="Override: max contrast change factor.", rich_help_panel=AUG_PANEL, show_default=False),
+}
+
+
+def _augment_overrides(params: dict) -> dict:
+    """The per-transform override options out of a command's parameters."""
+    return {name: params[name] for name in AUGMENT_OPTIONS if name != "augment"}
+
+
 def _setup_logging(quiet: bool) -> None:
     from rich.logging import RichHandler
 
@@ -110,10 +128,7 @@ def train(
     from transferkit.rundir import next_free_dir
 
     try:
-        augmentation = resolve_augmentation(
-            augment, flip=flip, rotation=rotation, zoom=zoom, shift=shift, shear=shear,
-            brightness=brightness, contrast=contrast,
-        )
+        augmentation = resolve_augmentation(augment, **_augment_overrides(locals()))
         if out_dir is None:
             out_dir = next_free_dir(Path("runs") / (data_dir.resolve().name or "run"))
         classifier = ImageClassifier(
@@ -377,10 +392,7 @@ def preview(
     from transferkit.augment import resolve_augmentation
 
     try:
-        augmentation = resolve_augmentation(
-            augment, flip=flip, rotation=rotation, zoom=zoom, shift=shift, shear=shear,
-            brightness=brightness, contrast=contrast,
-        )
+        augmentation = resolve_augmentation(augment, **_augment_overrides(locals()))
         if out_dir is None:
             out_dir = Path("runs") / f"{data_dir.resolve().name or 'data'}-preview"
         classifier = ImageClassifier(backbone, image_size=image_size, augment=augmentation, seed=seed, verbose=0)

@@ -135,6 +135,15 @@ def list_class_folders(data_dir: str | os.PathLike, classes: Sequence[str] | Non
     return LabelledFiles(tuple(paths), tuple(labels), tuple(classes))
 
 
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 of a file's contents, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def split_key(path: str, seed: int) -> float:
     """A uniform number in [0, 1) that depends only on the file's identity and the seed."""
     digest = hashlib.sha256(f"{seed}:{path}".encode()).digest()

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -51,7 +50,9 @@ import numpy as np
 import PIL
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from transferkit.data import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, LabelledFiles, _visible, is_image_file, load_image
+from transferkit.data import (
+    DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, LabelledFiles, _visible, file_digest, is_image_file, load_image,
+)
 from transferkit.errors import ConfigError, DataError
 
 logger = logging.getLogger("transferkit")
@@ -541,7 +542,7 @@ def _inspect(path: str, stat: os.stat_result, max_pixels: int) -> dict:
         facts["error"] = ["empty", "zero-byte file: there is nothing to decode"]
         return facts
     try:
-        facts["sha256"] = _sha256(path)
+        facts["sha256"] = file_digest(path)
         with Image.open(path) as image:
             facts.update(_header_facts(image))
             if facts["width"] * facts["height"] > max_pixels:
@@ -576,14 +577,6 @@ def _inspect(path: str, stat: os.stat_result, max_pixels: int) -> dict:
         facts["decoded"] = True
         facts["phash"] = f"{phash(rgb):0{PHASH_BITS // 4}x}"
     return facts
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _header_facts(image: Image.Image) -> dict:

@@ -20,11 +20,13 @@ as memory-mapped .npy files, reused across runs.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
 import math
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,19 +55,11 @@ class ViewArrays:
     readable: np.ndarray  # False for files that could not be decoded: never trained on
 
 
-def file_digest(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def cache_key(files: data.LabelledFiles, root, settings: dict) -> str:
     """Hash of the files' contents (with relative paths and labels) and the settings."""
     digest = hashlib.sha256(json.dumps({**settings, "format": CACHE_FORMAT}, sort_keys=True, default=str).encode())
     for path, label in zip(files.paths, files.labels):
-        digest.update(f"{os.path.relpath(path, root)}\0{label}\0{file_digest(path)}\n".encode())
+        digest.update(f"{os.path.relpath(path, root)}\0{label}\0{data.file_digest(path)}\n".encode())
     return digest.hexdigest()[:24]
 
 
@@ -123,8 +117,9 @@ def _allocate(shape, dtype, directory: Path | None, name: str):
     nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
     if directory is None and nbytes <= IN_MEMORY_LIMIT_BYTES:
         return np.zeros(shape, dtype)
-    if directory is None:
+    if directory is None:  # too big for memory, and no cache folder: a scratch folder
         directory = Path(tempfile.mkdtemp(prefix="transferkit-cache-"))
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
     directory.mkdir(parents=True, exist_ok=True)
     return np.lib.format.open_memmap(directory / f"{name}.partial.npy", mode="w+", dtype=dtype, shape=shape)
 

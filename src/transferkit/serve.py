@@ -175,12 +175,15 @@ class TFLiteRuntime:
 
     name = "tflite"
 
-    def __init__(self, path, num_threads: int):
+    def __init__(self, model, num_threads: int | None = None):
+        """`model`: a .tflite path, or the flatbuffer itself (bytes)."""
         import tensorflow as tf
 
+        num_threads = num_threads or cpu_threads()
+        source = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
         with warnings.catch_warnings(), _quiet_native_stderr():
-            warnings.filterwarnings("ignore", message=r".*tf\.lite\.Interpreter is deprecated")
-            self.interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=num_threads)
+            warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated")
+            self.interpreter = tf.lite.Interpreter(**source, num_threads=num_threads)
             self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
@@ -316,6 +319,11 @@ class Predictor:
     def runtime(self) -> str | None:
         """The runtime chosen so far ('keras', 'tflite', ...); a run folder's is chosen on the first call."""
         return self._runtime.name if self._runtime is not None else None
+
+    @property
+    def runtime_description(self) -> str | None:
+        """e.g. 'TFLite int8 + XNNPACK, 2 thread(s)'; a run folder's is known after the first call."""
+        return self._runtime.description if self._runtime is not None else None
 
     def _open_export(self, path: Path, kind: str):
         if kind == "tflite":

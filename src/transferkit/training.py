@@ -23,11 +23,14 @@ HEAD_MIN_STEPS, HEAD_EPOCH_RANGE = 300, (10, 50)
 FINE_TUNE_MIN_STEPS, FINE_TUNE_EPOCH_RANGE = 100, (2, 15)
 
 
+def _clamp(value: float, bounds: tuple[int, int]) -> int:
+    return int(min(bounds[1], max(bounds[0], value)))
+
+
 def auto_epochs(num_train: int, batch_size: int, min_steps: int, epoch_range: tuple[int, int]) -> int:
     """Enough epochs for `min_steps` optimiser steps, within `epoch_range`."""
     steps_per_epoch = max(1, math.ceil(num_train / batch_size))
-    low, high = epoch_range
-    return int(min(high, max(low, math.ceil(min_steps / steps_per_epoch))))
+    return _clamp(math.ceil(min_steps / steps_per_epoch), epoch_range)
 
 
 # Above this ratio of largest to smallest training class, class_weight="auto" weighs
@@ -50,8 +53,7 @@ MIN_AUGMENTED_SAMPLES, VIEW_RANGE = 2000, (2, 8)
 
 def auto_views(num_train: int) -> int:
     """Enough views for about `MIN_AUGMENTED_SAMPLES` cached samples, within `VIEW_RANGE`."""
-    low, high = VIEW_RANGE
-    return int(min(high, max(low, round(MIN_AUGMENTED_SAMPLES / max(1, num_train)))))
+    return _clamp(round(MIN_AUGMENTED_SAMPLES / max(1, num_train)), VIEW_RANGE)
 
 
 def cosine_schedule(learning_rate: float, total_steps: int, warmup_fraction: float = 0.0):
