@@ -82,3 +82,56 @@ def test_errors_exit_2_with_the_message(tmp_path):
     assert result.exit_code == 2 and "is not a transferkit run" in result.output
     result = invoke("train", tmp_path, "--backbone", "vgg99")
     assert result.exit_code == 2 and "Known backbones" in result.output
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_the_best_model(tiny_dir, tmp_path):
+    import signal
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "transferkit", "train", str(tiny_dir), "--out", str(out), "--image-size", "64",
+               "--no-cache", "--epochs", "200", "--patience", "0"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in process.stdout:
+        if "Epoch 4/" in line:
+            process.send_signal(signal.SIGINT)
+            break
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 0, output[-2000:]
+    assert "Interrupted: keeping the best weights" in output
+    config = json.loads((out / "config.json").read_text())
+    assert config["results"]["interrupted"] is True
+    assert 3 <= config["results"]["epochs_run"] < 200
+    assert (out / "model.keras").is_file()
+
+
+def test_a_run_killed_mid_fine_tuning_resumes_and_finishes(tiny_dir, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    state = out / "checkpoint" / "state.json"
+    command = [sys.executable, "-m", "transferkit", "train", str(tiny_dir), "--out", str(out), "--image-size", "64",
+               "--no-cache", "--epochs", "2", "--fine-tune-epochs", "40", "--patience", "0", "--json"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        try:
+            progress = json.loads(state.read_text())
+        except (OSError, ValueError):
+            progress = {}
+        if progress.get("stage") == 2 and progress["epoch"] >= progress["fine_tune_start_epoch"] + 1:
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = json.loads(state.read_text())["epoch"]
+    assert 4 <= killed_at < 42 and not (out / "model.keras").exists()
+
+    result = invoke("train", tiny_dir, "--out", out, "--resume", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["epochs_run"] == 42
+    history = (out / "history.csv").read_text().splitlines()[1:]
+    assert [int(line.split(",")[0]) for line in history] == list(range(1, 43))
+    assert (out / "model.keras").is_file() and not (out / "checkpoint").exists()

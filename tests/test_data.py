@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,13 +20,16 @@ def fake_files(per_class: int, classes=("a", "b", "c"), offset: int = 0) -> data
     return data.LabelledFiles(tuple(paths), tuple(labels), tuple(classes))
 
 
-def split_of(train, val) -> dict[str, str]:
-    return {**{p: "train" for p in train.paths}, **{p: "validation" for p in val.paths}}
+def split_of(train, val, test=None) -> dict[str, str]:
+    test_paths = test.paths if test is not None else ()
+    return {**{p: "train" for p in train.paths}, **{p: "validation" for p in val.paths},
+            **{p: "test" for p in test_paths}}
 
 
 def test_split_is_stratified_reproducible_and_seeded():
     files = fake_files(500)
-    train, val = data.stratified_split(files, 0.2, seed=42, root="/d")
+    train, val, test = data.stratified_split(files, 0.2, seed=42, root="/d")
+    assert len(test) == 0
     assert set(train.paths) | set(val.paths) == set(files.paths) and not set(train.paths) & set(val.paths)
     for count in val.class_counts().values():
         assert 75 <= count <= 125  # about 20 % of 500 per class
@@ -42,17 +46,29 @@ def test_adding_files_never_moves_existing_ones():
 
 def test_duplicate_groups_stay_in_one_split():
     files = fake_files(100)
-    groups = [files.paths[i : i + 4] for i in range(0, 80, 4)]
-    train, val = data.stratified_split(files, 0.3, seed=1, root="/d", groups=groups)
-    where = split_of(train, val)
+    groups = [files.paths[i : i + 4] for i in range(0, 280, 4)]
+    where = split_of(*data.stratified_split(files, 0.3, seed=1, root="/d", groups=groups, test_split=0.2))
     assert all(len({where[p] for p in group}) == 1 for group in groups)
-    assert {where[p] for g in groups for p in g} == {"train", "validation"}
+    assert {where[p] for g in groups for p in g} == {"train", "validation", "test"}
+
+
+def test_test_split_is_stratified_and_leaves_validation_alone():
+    files = fake_files(500)
+    train, val, test = data.stratified_split(files, 0.2, seed=42, root="/d", test_split=0.1)
+    assert all(30 <= n <= 75 for n in test.class_counts().values())
+    assert not set(test.paths) & set(val.paths) and len(train) + len(val) + len(test) == len(files)
+    _, val_without_test, _ = data.stratified_split(files, 0.2, seed=42, root="/d")
+    assert val.paths == val_without_test.paths
+    with pytest.raises(DataError, match="must leave images for training"):
+        data.stratified_split(files, 0.5, seed=42, root="/d", test_split=0.5)
 
 
 def test_every_class_keeps_a_validation_image():
-    train, val = data.stratified_split(fake_files(3), 0.2, seed=0, root="/d")  # 0.6 expected per class
+    train, val, _ = data.stratified_split(fake_files(3), 0.2, seed=0, root="/d")  # 0.6 expected per class
     assert all(n >= 1 for n in val.class_counts().values())
     assert all(n >= 1 for n in train.class_counts().values())
+    splits = data.stratified_split(fake_files(4), 0.2, seed=0, root="/d", test_split=0.2)
+    assert all(n >= 1 for part in splits for n in part.class_counts().values())
     with pytest.raises(DataError, match=r"leaves class 'a' \(2 image\(s\)\) with no validation image"):
         data.stratified_split(fake_files(2), 0.2, seed=0, root="/d")
 
@@ -119,3 +135,14 @@ def test_listing_skips_litter_and_follows_symlink_loops_once(photo, tmp_path):
     files = data.list_class_folders(tmp_path)
     assert files.classes == ("a", "b")
     assert files.class_counts() == {"a": 2, "b": 2}
+
+
+def test_pre_split_layouts_are_recognised(tmp_path):
+    for split in ("train", "validation", "test"):
+        (tmp_path / "split" / split / "cat").mkdir(parents=True)
+    (tmp_path / "plain" / "train").mkdir(parents=True)  # a class that happens to be called train
+    (tmp_path / "plain" / "dog").mkdir()
+    root = tmp_path / "split"
+    assert data.resolve_layout(root) == (root / "train", root / "validation", root / "test")
+    assert data.resolve_layout(root, val_dir="elsewhere") == (root / "train", Path("elsewhere"), root / "test")
+    assert data.resolve_layout(tmp_path / "plain") == (tmp_path / "plain", None, None)

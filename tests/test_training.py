@@ -155,3 +155,19 @@ def test_same_data_and_seed_give_the_same_split_and_metrics(tiny_dir):
     assert first.data_summary_["fingerprint"] == second.data_summary_["fingerprint"]
     for a, b in zip(first.history_, second.history_):
         assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-4)
+
+
+def test_test_split_is_held_out_and_scored(tiny_dir, tmp_path):
+    from transferkit.rundir import read_csv
+
+    settings = {**FAST, "image_size": 64, "epochs": 2, "fine_tune_epochs": 0, "cached_views": 1,
+                "val_split": 0.25, "test_split": 0.25}
+    classifier = ImageClassifier(**settings).fit(tiny_dir, out=tmp_path / "run")
+    test = set(classifier.test_files_.paths)
+    assert test and not test & (set(classifier.train_files_.paths) | set(classifier.val_files_.paths))
+    assert classifier.results_["test_images"] == len(test)
+    assert 0.0 <= classifier.results_["test_accuracy"] <= 1.0
+    rows = read_csv(tmp_path / "run" / "split.csv")
+    assert {r["path"] for r in rows if r["split"] == "test"} == test
+    reloaded = ImageClassifier.load(tmp_path / "run")
+    assert reloaded.evaluate(split="test")["accuracy"] == pytest.approx(classifier.results_["test_accuracy"])

@@ -10,9 +10,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import inspect
+import json
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -24,12 +26,13 @@ import numpy as np
 from transferkit import data, rundir
 from transferkit.augment import Augmentation, resolve_augmentation
 from transferkit.backbones import check_image_size, find_local_weights, get_backbone
-from transferkit.errors import ConfigError, DataError
+from transferkit.errors import ConfigError, DataError, RunDirError
 from transferkit.training import (
     FINE_TUNE_EPOCH_RANGE,
     FINE_TUNE_MIN_STEPS,
     HEAD_EPOCH_RANGE,
     HEAD_MIN_STEPS,
+    STATE_FILE,
     auto_epochs,
     auto_views,
     balanced_class_weights,
@@ -92,6 +95,7 @@ class ImageClassifier:
         hidden_units: Sequence[int] = (),
         batch_size: int = 32,
         val_split: float = 0.2,
+        test_split: float = 0.0,
         patience: int | None = 5,
         class_weight: str = "auto",
         cache: bool = True,
@@ -114,6 +118,7 @@ class ImageClassifier:
         self.hidden_units = hidden_units
         self.batch_size = batch_size
         self.val_split = val_split
+        self.test_split = test_split
         self.patience = patience
         self.class_weight = class_weight
         self.cache = cache
@@ -158,6 +163,10 @@ class ImageClassifier:
                 f"val_split must be strictly between 0 and 1, got {self.val_split!r}. "
                 "Use e.g. 0.2 to hold out 20 % of each class, or pass a separate validation folder."
             )
+        if not isinstance(self.test_split, (int, float)) or not 0.0 <= self.test_split < 1.0 - self.val_split:
+            raise ConfigError(
+                f"test_split must be in [0, 1 - val_split), got {self.test_split!r} (val_split {self.val_split})."
+            )
         return {
             "spec": spec,
             "image_size": image_size,
@@ -168,11 +177,14 @@ class ImageClassifier:
 
     # -- training -----------------------------------------------------------------
 
-    def fit(self, data_dir, *, val_dir=None, out=None, overwrite: bool = False) -> "ImageClassifier":
+    def fit(self, data_dir, *, val_dir=None, out=None, overwrite: bool = False,
+            _resume: bool = False) -> "ImageClassifier":
         """Train on `data_dir` (one sub-folder per class); save the run to `out` if given.
 
         Validation comes from `val_dir` when given, otherwise a stratified
         `val_split` of `data_dir` drawn with `seed`. Every check runs before training.
+        With `out`, every epoch is checkpointed in `out/checkpoint/`, so a killed run
+        continues with `ImageClassifier.resume(out)`.
         """
         import keras
 
@@ -181,17 +193,23 @@ class ImageClassifier:
         started = time.perf_counter()
         settings = self._validated_settings()
         spec, image_size = settings["spec"], settings["image_size"]
+        data_dir, val_dir, test_dir = data.resolve_layout(data_dir, val_dir)
         files = data.list_class_folders(data_dir)
-        if val_dir is not None:
-            data.list_class_folders(val_dir, classes=files.classes)
-        out_dir = rundir.check_output_dir(out, overwrite) if out is not None else None
-        files, val_files = self._usable_files(data_dir, val_dir)
-        if val_dir is not None:
-            train_files = files
-        else:
-            train_files, val_files = data.stratified_split(
-                files, self.val_split, self.seed, root=data_dir, groups=self.duplicate_groups_
+        for folder in (val_dir, test_dir):
+            if folder is not None:
+                data.list_class_folders(folder, classes=files.classes)
+        out_dir = rundir.check_output_dir(out, overwrite or _resume) if out is not None else None
+        files, val_files, test_files = self._usable_files(data_dir, val_dir, test_dir)
+        if val_dir is None:
+            train_files, val_files, held_out = data.stratified_split(
+                files, self.val_split, self.seed, root=data_dir, groups=self.duplicate_groups_,
+                test_split=0.0 if test_dir is not None else self.test_split,
             )
+            test_files = test_files if test_dir is not None else held_out
+        else:
+            train_files = files
+        if test_files is None:
+            test_files = data.LabelledFiles((), (), files.classes)
 
         num_classes = len(files.classes)
         steps = math.ceil(len(train_files) / self.batch_size)
@@ -231,6 +249,14 @@ class ImageClassifier:
             val_ds = data.make_dataset(val_files.paths, val_files.labels, image_size, self.batch_size)
             stage1 = (model, train_ds, val_ds)
             stage2 = lambda: stage1  # noqa: E731 - the plain recipe fits the same model twice
+        checkpoint_dir = None
+        if out_dir is not None:
+            checkpoint_dir = rundir.prepare_output_dir(out_dir, overwrite=True) / rundir.CHECKPOINT_DIR
+            if not _resume:
+                rundir.write_json(checkpoint_dir / "params.json", {
+                    "params": self._json_params(), "data_dir": str(Path(data_dir).resolve()),
+                    "val_dir": str(Path(val_dir).resolve()) if val_dir is not None else None,
+                })
         result = train_two_stages(
             model,
             num_classes,
@@ -244,6 +270,8 @@ class ImageClassifier:
             patience=self.patience,
             steps_per_epoch=steps,
             class_weight=class_weights,
+            checkpoint_dir=checkpoint_dir,
+            resume=_resume,
             verbose=self.verbose,
         )
 
@@ -252,7 +280,7 @@ class ImageClassifier:
         self.image_size_ = image_size
         self.history_ = result.history
         self.fine_tune_start_epoch_ = result.fine_tune_start_epoch
-        self.train_files_, self.val_files_ = train_files, val_files
+        self.train_files_, self.val_files_, self.test_files_ = train_files, val_files, test_files
         self.resolved_settings_ = {
             "image_size": image_size,
             "augmentation": dataclasses.asdict(settings["augmentation"]),
@@ -272,6 +300,8 @@ class ImageClassifier:
             "classes": self.classes_,
             "train_images": len(train_files),
             "val_images": len(val_files),
+            "test_images": len(test_files),
+            "test_dir": str(Path(test_dir).resolve()) if test_dir is not None else None,
             "train_class_counts": train_files.class_counts(),
             "val_class_counts": val_files.class_counts(),
             "skipped_files": len(self.skipped_files_),
@@ -288,35 +318,58 @@ class ImageClassifier:
             "best_epoch": result.best_epoch,
             "epochs_run": len(result.history),
             "stage_seconds": result.stage_seconds,
+            "interrupted": result.interrupted,
             "seconds": None,
         }
+        if len(test_files):
+            test = self.evaluate(split="test")
+            self.results_.update(test_images=test["images"], test_accuracy=test["accuracy"])
         if out_dir is not None:
             self.save(out_dir, overwrite=True)
         self.results_["seconds"] = round(time.perf_counter() - started, 2)
         if out_dir is not None:  # the final figure includes saving time
             self._write_config(out_dir)
             self.report(out_dir)  # report.html: metrics, mistakes, Grad-CAM, activations
+            if not result.interrupted:  # an interrupted run keeps its checkpoint for resume()
+                shutil.rmtree(checkpoint_dir, ignore_errors=True)
         return self
+
+    @classmethod
+    def resume(cls, run_dir, verbose: int = 1) -> "ImageClassifier":
+        """Continue a run that was killed or interrupted, from its last completed epoch.
+
+        Settings and data folders are those the run started with (from its checkpoint).
+        """
+        checkpoint = Path(run_dir) / rundir.CHECKPOINT_DIR
+        if not (checkpoint / "params.json").is_file() or not (checkpoint / STATE_FILE).is_file():
+            raise RunDirError(
+                f"'{run_dir}' holds no resumable checkpoint ({checkpoint / STATE_FILE} is missing): either it "
+                "finished, or it stopped before its first epoch. Start it again without resume."
+            )
+        saved = json.loads((checkpoint / "params.json").read_text())
+        classifier = cls(**{**saved["params"], "verbose": verbose})
+        return classifier.fit(saved["data_dir"], val_dir=saved["val_dir"], out=run_dir, _resume=True)
 
     def _data_fingerprint(self, data_dir) -> str:
         """One hash of every used file's relative path, class and contents."""
         digest = hashlib.sha256()
-        for files in (self.train_files_, self.val_files_):
+        for files in (self.train_files_, self.val_files_, self.test_files_):
             for path, label in sorted(zip(files.paths, files.labels)):
                 digest.update(f"{os.path.relpath(path, data_dir)}\0{label}\0{self.file_hashes_.get(path)}\n".encode())
         return digest.hexdigest()
 
-    def _usable_files(self, data_dir, val_dir):
+    def _usable_files(self, data_dir, val_dir, test_dir):
         """Decode every file once (the `doctor` scan, cached by size and mtime) and keep
-        the usable ones, so a bad file can never stop an epoch. Returns (data_dir's
-        files, val_dir's files or None)."""
+        the usable ones, so a bad file can never stop an epoch. Returns the usable files
+        of data_dir, val_dir and test_dir (None for a folder not given)."""
         from transferkit import doctor
 
         cache_root = Path(self.cache_dir) if self.cache_dir else Path.home() / ".cache" / "transferkit"
-        identity = hashlib.sha256(f"{Path(data_dir).resolve()}|{val_dir and Path(val_dir).resolve()}".encode())
+        folders = (data_dir, val_dir, test_dir)
+        identity = hashlib.sha256("|".join(str(f and Path(f).resolve()) for f in folders).encode())
         with _progress(0, "Checking images", enabled=bool(self.verbose)) as advance:
             scan = doctor.scan_dataset(
-                data_dir, val_dir=val_dir, cache_path=cache_root / "scans" / f"{identity.hexdigest()[:20]}.json",
+                data_dir, val_dir=val_dir, test_dir=test_dir, cache_path=cache_root / "scans" / f"{identity.hexdigest()[:20]}.json",
                 progress=lambda done, total: advance(done, total),
             )
         self.skipped_files_ = doctor.skipped_rows(scan)
@@ -332,15 +385,20 @@ class ImageClassifier:
                 "Skipping %d file(s) that cannot be used, e.g. %s (%s); `transferkit doctor` lists them all.",
                 len(self.skipped_files_), self.skipped_files_[0]["path"], self.skipped_files_[0]["reason"],
             )
-        usable = {split: doctor.usable_labelled(scan, split) for split in ("train", "validation")}
-        for split, labelled in usable.items():
+        usable = []
+        for split, folder in zip(data.SPLITS, folders):
+            if folder is None:
+                usable.append(None)
+                continue
+            labelled = doctor.usable_labelled(scan, split)
             empty = [name for name, n in labelled.class_counts().items() if n == 0]
-            if empty and (split == "train" or val_dir is not None):
+            if empty:
                 raise DataError(
-                    f"Class(es) {empty} have no usable {split} image left after skipping unreadable files. "
-                    "Run `transferkit doctor` on the folder to see why each file was refused."
+                    f"Class(es) {empty} have no usable image left in '{folder}' after skipping unreadable "
+                    "files. Run `transferkit doctor` on the folder to see why each file was refused."
                 )
-        return usable["train"], (usable["validation"] if val_dir is not None else None)
+            usable.append(labelled)
+        return tuple(usable)
 
     def _cached_stages(self, model, files, train_files, val_files, data_dir, settings, fine_tune_epochs):
         """Stage inputs that train on cached backbone activations (see `features`)."""
@@ -437,12 +495,12 @@ class ImageClassifier:
 
     def evaluate(
         self, data_dir=None, batch_size: int | None = None, *, out=None, allow_class_subset: bool = False,
-        run_dir=None,
+        run_dir=None, split: str = "validation",
     ) -> dict:
         """Accuracy, per-class precision/recall/F1, confusion matrix, ROC-AUC or top-k, log loss.
 
-        On a labelled folder, or (`data_dir=None`) on the run's own validation split,
-        reproduced from split.csv after `load`. A folder whose classes differ from the
+        On a labelled folder, or (`data_dir=None`) on the run's own validation (or
+        `split="test"`) split, reproduced from split.csv after `load`. A folder whose classes differ from the
         model's is an error unless `allow_class_subset`. With `out`, metrics.json,
         predictions.csv, misclassified.csv, confusion_matrix.png and misclassified.png
         are written there. Unreadable images are skipped and listed under "unreadable".
@@ -454,8 +512,8 @@ class ImageClassifier:
         if not isinstance(allow_class_subset, bool):
             raise ConfigError(f"allow_class_subset must be True or False, got {allow_class_subset!r}.")
         if data_dir is None:
-            files, missing, extra = evaluation.validation_files(self, run_dir), [], []
-            source = "validation split"
+            files, missing, extra = evaluation.validation_files(self, run_dir, split), [], []
+            source = f"{split} split"
         else:
             files, missing, extra = evaluation.labelled_folder(data_dir, self.classes_, allow_class_subset)
             source = str(data_dir)
@@ -467,16 +525,19 @@ class ImageClassifier:
 
     # -- persistence --------------------------------------------------------------
 
-    def _config(self) -> dict:
+    def _json_params(self) -> dict:
         params = self.get_params()
         if isinstance(params["augment"], Augmentation):
             params["augment"] = dataclasses.asdict(params["augment"])
         params["hidden_units"] = list(params["hidden_units"])
+        return params
+
+    def _config(self) -> dict:
         return {
             "format": "transferkit-run",
             "format_version": 1,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "params": params,
+            "params": self._json_params(),
             "resolved": self.resolved_settings_,
             "data": self.data_summary_,
             "results": self.results_,
@@ -503,7 +564,7 @@ class ImageClassifier:
         if getattr(self, "train_files_", None) is not None:
             split_rows = [
                 {"path": path, "class": self.classes_[label], "split": split, "sha256": self.file_hashes_.get(path)}
-                for split, files in (("train", self.train_files_), ("validation", self.val_files_))
+                for split, files in zip(data.SPLITS, (self.train_files_, self.val_files_, self.test_files_))
                 for path, label in zip(files.paths, files.labels)
             ]
             rundir.write_csv(run_dir / rundir.SPLIT_FILE, split_rows)
@@ -551,7 +612,7 @@ class ImageClassifier:
         classifier.fine_tune_start_epoch_ = next(
             (row["epoch"] for row in classifier.history_ if row["stage"] == 2), None
         )
-        classifier.train_files_ = classifier.val_files_ = None
+        classifier.train_files_ = classifier.val_files_ = classifier.test_files_ = None
         classifier.run_dir_ = run_dir
         classifier.skipped_files_ = []
         return classifier

@@ -16,7 +16,7 @@ from rich.table import Table
 from transferkit import __version__
 from transferkit.augment import FLIP_MODES, PRESETS
 from transferkit.backbones import WEIGHTS_DIR_ENV
-from transferkit.errors import TransferkitError
+from transferkit.errors import ConfigError, TransferkitError
 
 app = typer.Typer(
     name="transferkit",
@@ -91,9 +91,11 @@ def train(
         rich_help_panel=OUT_PANEL, show_default=False,
     ),
     overwrite: bool = typer.Option(False, help="Allow writing into a non-empty --out folder.", rich_help_panel=OUT_PANEL),
+    resume: bool = typer.Option(False, "--resume", help="Continue the killed or interrupted run in --out from its last completed epoch, with its original settings.", rich_help_panel=OUT_PANEL),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the results instead of progress.", rich_help_panel=OUT_PANEL),
     val_dir: Optional[Path] = typer.Option(None, help="Separate validation folder with the same classes (replaces --val-split).", rich_help_panel=DATA_PANEL, show_default=False),
     val_split: float = typer.Option(0.2, help="Fraction of each class held out for validation.", rich_help_panel=DATA_PANEL),
+    test_split: float = typer.Option(0.0, help="Fraction of each class held out as a test set, scored once after training.", rich_help_panel=DATA_PANEL),
     seed: int = typer.Option(42, help="Seed for the split, augmentation and initialisation.", rich_help_panel=DATA_PANEL),
     image_size: Optional[int] = typer.Option(None, help="Square input size in px (default: the backbone's, 160 for mobilenet_v2).", rich_help_panel=DATA_PANEL, show_default=False),
     batch_size: int = typer.Option(32, help="Images per optimisation step.", rich_help_panel=DATA_PANEL),
@@ -127,22 +129,30 @@ def train(
     from transferkit.augment import resolve_augmentation
     from transferkit.rundir import next_free_dir
 
+    verbose = 0 if as_json else 1
     try:
-        augmentation = resolve_augmentation(augment, **_augment_overrides(locals()))
-        if out_dir is None:
-            out_dir = next_free_dir(Path("runs") / (data_dir.resolve().name or "run"))
-        classifier = ImageClassifier(
-            backbone, image_size=image_size, weights=weights, weights_dir=str(weights_dir) if weights_dir else None,
-            augment=augmentation, epochs=epochs, learning_rate=learning_rate, fine_tune_epochs=fine_tune_epochs,
-            fine_tune_learning_rate=fine_tune_learning_rate, fine_tune_at=_parse_fine_tune_at(fine_tune_at),
-            dropout=dropout, hidden_units=tuple(hidden_units or ()), batch_size=batch_size, val_split=val_split,
-            patience=patience, class_weight=class_weight, cache=cache, cached_views=cached_views, cache_dir=str(cache_dir) if cache_dir else None,
-            seed=seed, verbose=0 if as_json else 1,
-        )
-        classifier.fit(data_dir, val_dir=val_dir, out=out_dir, overwrite=overwrite)
+        if resume:
+            if out_dir is None:
+                raise ConfigError("--resume needs --out: the run folder to continue.")
+            classifier = ImageClassifier.resume(out_dir, verbose=verbose)
+        else:
+            augmentation = resolve_augmentation(augment, **_augment_overrides(locals()))
+            classifier = ImageClassifier(
+                backbone, image_size=image_size, weights=weights, weights_dir=str(weights_dir) if weights_dir else None,
+                augment=augmentation, epochs=epochs, learning_rate=learning_rate, fine_tune_epochs=fine_tune_epochs,
+                fine_tune_learning_rate=fine_tune_learning_rate, fine_tune_at=_parse_fine_tune_at(fine_tune_at),
+                dropout=dropout, hidden_units=tuple(hidden_units or ()), batch_size=batch_size, val_split=val_split,
+                test_split=test_split, patience=patience, class_weight=class_weight, cache=cache,
+                cached_views=cached_views, cache_dir=str(cache_dir) if cache_dir else None, seed=seed, verbose=verbose,
+            )
+            out_dir = out_dir or next_free_dir(Path("runs") / (data_dir.resolve().name or "run"))
+            classifier.fit(data_dir, val_dir=val_dir, out=out_dir, overwrite=overwrite)
     except TransferkitError as error:
         _fail(error)
-    results = classifier.results_
+    _print_training_results(classifier.results_, as_json)
+
+
+def _print_training_results(results: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(results))
         return
@@ -151,7 +161,10 @@ def train(
     table.add_row("images", f"{results['train_images']} training, {results['val_images']} validation")
     table.add_row("val accuracy, head only", _pct(results["val_accuracy_stage1"]))
     table.add_row("val accuracy, final", f"{_pct(results['val_accuracy'])} (best epoch {results['best_epoch']} of {results['epochs_run']})")
-    table.add_row("time", f"{results['seconds']:.1f} s")
+    if results.get("test_images"):
+        table.add_row("test accuracy", f"{_pct(results['test_accuracy'])} on {results['test_images']} held-out images")
+    interrupted = " (interrupted with Ctrl-C; --resume continues it)" if results.get("interrupted") else ""
+    table.add_row("time", f"{results['seconds']:.1f} s{interrupted}")
     table.add_row("run folder", results["run_dir"])
     out.print(table)
 
@@ -214,10 +227,11 @@ def _print_throughput(predictor) -> None:
     if predictor.conversion:
         c = predictor.conversion
         err.print(f"converted to TFLite once in {c['seconds']:.1f} s (top-1 agreement with Keras "
-                  f"{c['parity']['agreement']:.1%} on {c['parity']['images']} images), cached: {c['path']}", highlight=False)
+                  f"{c['parity']['agreement']:.1%} on {c['parity']['images']} images), cached: {c['path']}", highlight=False,
+                  soft_wrap=True)
     if stats.get("images_per_second"):
         err.print(f"{stats['images']} image(s) in {stats['seconds']:.2f} s: {stats['images_per_second']:.1f} images/s "
-                  f"({stats['description']}, batch {stats['batch_size']})", highlight=False)
+                  f"({stats['description']}, batch {stats['batch_size']})", highlight=False, soft_wrap=True)
 
 
 def _explain_predictions(classifier, predictions, explain_dir) -> dict:
@@ -264,6 +278,7 @@ def evaluate(
     data_dir: Optional[Path] = typer.Argument(None, help="Labelled folder, one sub-folder per class (default: the run's validation split, from split.csv).", show_default=False),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for metrics.json, predictions.csv, misclassified.csv/.png and confusion_matrix.png (default: RUN_DIR/evaluation/<validation or DATA_DIR name>).", show_default=False),
     allow_class_subset: bool = typer.Option(False, help="Evaluate on the classes DATA_DIR shares with the model when they differ."),
+    split: str = typer.Option("validation", help="Without DATA_DIR: the run's 'validation' or 'test' split."),
     batch_size: int = typer.Option(32, help="Images per inference batch."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
 ):
@@ -272,9 +287,9 @@ def evaluate(
     try:
         classifier = _load_run(run_dir, verbose=not as_json)
         if out_dir is None:
-            out_dir = run_dir / "evaluation" / ("validation" if data_dir is None else (data_dir.resolve().name or "data"))
+            out_dir = run_dir / "evaluation" / (split if data_dir is None else (data_dir.resolve().name or "data"))
         metrics = classifier.evaluate(data_dir, batch_size, out=out_dir, allow_class_subset=allow_class_subset,
-                                      run_dir=run_dir)
+                                      run_dir=run_dir, split=split)
     except TransferkitError as error:
         _fail(error)
     if as_json:
@@ -543,6 +558,11 @@ def export(
         table.add_row("parity", f"top-1 agreement with Keras {parity['agreement']:.1%} on {parity['images']} validation "
                                 f"images (>= {parity['threshold']:.0%} required): {'passed' if parity['passed'] else 'FAILED'}")
         table.add_row("images/s", f"{parity['images_per_second']} ({parity['runtime']})")
+        if result.quantization:
+            q = result.quantization
+            table.add_row("quantisation", f"int8, calibrated on {q['calibration_images']} training images"
+                          + (f"; {len(q['float_layers'])} layer(s) kept in float to hold top-1 agreement"
+                             if q["float_layers"] else ""))
         table.add_row("report", str(result.info_path))
         table.add_row("time", f"{result.seconds:.1f} s")
         out.print(table)

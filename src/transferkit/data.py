@@ -82,6 +82,30 @@ def find_images(folder: str | os.PathLike) -> list[str]:
     return sorted(found)
 
 
+TRAIN, VALIDATION, TEST = "train", "validation", "test"
+SPLITS = (TRAIN, VALIDATION, TEST)
+SPLIT_FOLDERS = {"train": ("train", "training"), "validation": ("val", "validation", "valid"), "test": ("test",)}
+
+
+def resolve_layout(data_dir: str | os.PathLike, val_dir=None) -> tuple[Path, Path | None, Path | None]:
+    """(train, validation, test) folders: DATA_DIR itself, or its pre-split sub-folders.
+
+    A DATA_DIR whose only sub-folders are split names (train/, val/ or validation/,
+    test/), each holding class folders, is taken as already split; an explicit
+    `val_dir` wins over a val/ folder.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        return data_dir, Path(val_dir) if val_dir else None, None
+    children = {p.name.lower(): p for p in data_dir.iterdir() if p.is_dir() and _visible(p.name)}
+    found = {split: next((children[n] for n in names if n in children), None) for split, names in SPLIT_FOLDERS.items()}
+    split_names = {n for names in SPLIT_FOLDERS.values() for n in names}
+    if found["train"] is None or set(children) - split_names:
+        return data_dir, Path(val_dir) if val_dir else None, None
+    logger.info("'%s' is already split: training on %s", data_dir, found["train"])
+    return found["train"], Path(val_dir) if val_dir else found["validation"], found["test"]
+
+
 def list_class_folders(data_dir: str | os.PathLike, classes: Sequence[str] | None = None) -> LabelledFiles:
     """Every image of a class-per-folder directory, labelled by sorted folder name.
 
@@ -150,48 +174,59 @@ def split_key(path: str, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
+def _check_fraction(name: str, value, allow_zero: bool = False) -> None:
+    low_ok = value >= 0.0 if allow_zero else value > 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (low_ok and value < 1.0):
+        raise DataError(
+            f"{name} must be {'in [0, 1)' if allow_zero else 'strictly between 0 and 1'}, got {value!r}. "
+            "Use e.g. 0.2 to hold out 20 % of each class, or pass a separate folder."
+        )
+
+
 def stratified_split(
     files: LabelledFiles, val_split: float, seed: int, root: str | os.PathLike | None = None,
-    groups: Sequence[Sequence[str]] = (),
-) -> tuple[LabelledFiles, LabelledFiles]:
-    """Hold out about `val_split` of each class for validation.
+    groups: Sequence[Sequence[str]] = (), test_split: float = 0.0,
+) -> tuple[LabelledFiles, LabelledFiles, LabelledFiles]:
+    """(train, validation, test): about `val_split` and `test_split` of each class held out.
 
-    A file goes to validation when its `split_key` (a hash of the seed and its path
-    relative to `root`) falls below `val_split`, so the split is reproducible and
-    adding images never moves existing ones between splits. Files in one of `groups`
-    (e.g. near duplicates) all follow the group member with the lowest key, so a
-    duplicate never leaks across the split. Each class keeps at least one image on
-    each side.
+    A file's `split_key` (a hash of the seed and its path relative to `root`) decides:
+    below `val_split` it is validation, at or above 1 - `test_split` it is test. So the
+    split is reproducible, adding images never moves existing ones between splits, and
+    changing one fraction never moves files of the other. Files in one of `groups`
+    (e.g. duplicates) all follow the group's first path, so a duplicate never leaks
+    across splits. Each class keeps at least one image in every split.
     """
-    if isinstance(val_split, bool) or not isinstance(val_split, (int, float)) or not 0.0 < val_split < 1.0:
-        raise DataError(
-            f"val_split must be strictly between 0 and 1, got {val_split!r}. "
-            "Use e.g. 0.2 to hold out 20 % of each class, or pass a separate validation folder."
-        )
+    _check_fraction("val_split", val_split)
+    _check_fraction("test_split", test_split, allow_zero=True)
+    if val_split + test_split >= 1.0:
+        raise DataError(f"val_split + test_split must leave images for training, got {val_split} + {test_split}.")
     keys = np.array([
         split_key(os.path.relpath(p, root) if root is not None else p, seed) for p in files.paths
     ])
-    labels = np.asarray(files.labels)
-    is_val = keys < val_split
     position = {path: i for i, path in enumerate(files.paths)}
-    for group in groups:
-        members = [position[p] for p in group if p in position]
+    for group in groups:  # the first path's key: a member's own key, so still uniform
+        members = sorted(position[p] for p in group if p in position)
         if members:
-            is_val[members] = is_val[min(members, key=lambda i: keys[i])]
+            keys[members] = keys[members[0]]
+    split = np.where(keys < val_split, VALIDATION, np.where(keys >= 1.0 - test_split, TEST, TRAIN))
+    labels = np.asarray(files.labels)
+    wanted = [(VALIDATION, val_split)] + ([(TEST, test_split)] if test_split else [])
     for index, name in enumerate(files.classes):
         members = np.flatnonzero(labels == index)
-        if len(members) * val_split < 0.5 or len(members) < 2:
-            raise DataError(
-                f"val_split={val_split} leaves class '{name}' ({len(members)} image(s)) with no "
-                "validation image. Add images to that class, use a larger validation fraction, "
-                "or pass a separate validation folder."
-            )
         ranked = members[np.argsort(keys[members], kind="stable")]
-        if not is_val[members].any():
-            is_val[ranked[0]] = True
-        if is_val[members].all():
-            is_val[ranked[-1]] = False
-    return files.subset(np.flatnonzero(~is_val)), files.subset(np.flatnonzero(is_val))
+        for which, fraction in wanted:
+            if len(members) * fraction < 0.5 or len(members) < 1 + len(wanted):
+                raise DataError(
+                    f"{'val' if which == VALIDATION else 'test'}_split={fraction} leaves class '{name}' "
+                    f"({len(members)} image(s)) with no {which} image. Add images to that class, use a "
+                    "larger fraction, or pass a separate folder."
+                )
+            if not (split[members] == which).any():  # the nearest training file moves over
+                candidates = [i for i in (ranked if which == VALIDATION else ranked[::-1]) if split[i] == TRAIN]
+                split[candidates[0]] = which
+        if not (split[members] == TRAIN).any():
+            split[ranked[len(ranked) // 2]] = TRAIN
+    return tuple(files.subset(np.flatnonzero(split == which)) for which in (TRAIN, VALIDATION, TEST))
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -137,8 +137,8 @@ def _resolve_split_path(path: str, class_name: str, roots: Sequence[str]) -> str
 
 def read_split(run_dir, split: str = VALIDATION, classes: Sequence[str] | None = None) -> data.LabelledFiles:
     """The files of one split recorded in a run's split.csv, in their recorded order."""
-    if split not in ("train", VALIDATION):
-        raise ConfigError(f"split must be 'train' or '{VALIDATION}', got {split!r}.")
+    if split not in data.SPLITS:
+        raise ConfigError(f"split must be one of {list(data.SPLITS)}, got {split!r}.")
     run_dir = rundir.check_run_dir(run_dir)
     path = run_dir / rundir.SPLIT_FILE
     if not path.is_file():
@@ -169,17 +169,18 @@ def read_split(run_dir, split: str = VALIDATION, classes: Sequence[str] | None =
     return data.LabelledFiles(tuple(paths), tuple(labels), tuple(classes))
 
 
-def validation_files(classifier, run_dir=None) -> data.LabelledFiles:
-    """The classifier's validation set: kept from fit(), or rebuilt from a run's split.csv."""
-    if getattr(classifier, "val_files_", None) is not None:
-        return classifier.val_files_
+def validation_files(classifier, run_dir=None, split: str = VALIDATION) -> data.LabelledFiles:
+    """The classifier's validation (or test) set: kept from fit(), or rebuilt from a run's split.csv."""
+    kept = getattr(classifier, "val_files_" if split == VALIDATION else "test_files_", None)
+    if kept is not None and len(kept):
+        return kept
     run_dir = run_dir or getattr(classifier, "run_dir_", None) or getattr(classifier, "results_", {}).get("run_dir")
     if not run_dir:
         raise ConfigError(
             "No validation split is known for this classifier: pass a labelled data folder, "
             "or the run directory it was loaded from."
         )
-    return read_split(run_dir, VALIDATION, classifier.classes_)
+    return read_split(run_dir, split, classifier.classes_)
 
 
 # -- the evaluation --------------------------------------------------------------------

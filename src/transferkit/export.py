@@ -81,6 +81,7 @@ class ExportResult:
     size_bytes: int
     parity: dict  # images, agreement, threshold, passed, max_abs_difference, disagreements, ...
     seconds: float
+    quantization: dict | None = None  # tflite-int8: calibration images, layers kept in float
 
     def to_dict(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
@@ -165,7 +166,7 @@ def export_classifier(classifier, format: str, out=None, *, run_dir=None,
             format, 100 * parity["agreement"], parity["images"], 100 * parity["threshold"],
         )
     return ExportResult(format, out, labels_path, info_path, size_bytes, parity,
-                        round(time.perf_counter() - started, 2))
+                        round(time.perf_counter() - started, 2), quantization)
 
 
 # -- checks ----------------------------------------------------------------------------

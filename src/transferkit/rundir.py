@@ -31,6 +31,7 @@ CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.csv"
 SPLIT_FILE = "split.csv"
 SKIPPED_FILE = "skipped.csv"
+CHECKPOINT_DIR = "checkpoint"  # per-epoch weights and state while training; removed when it finishes
 REQUIRED_FILES = (MODEL_FILE, CLASSES_FILE, CONFIG_FILE)
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -41,7 +42,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path beside `path`; rename it over `path` only on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    # keep the full suffix (".weights.h5", ".keras"): savers check it
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + "".join(path.suffixes), dir=path.parent)
     os.close(fd)
     try:
         yield tmp

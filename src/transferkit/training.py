@@ -7,15 +7,20 @@ weights of the epoch with the lowest validation loss are the ones kept.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import keras
 import numpy as np
 
 from transferkit.model import compile_classifier, unfreeze_from
+from transferkit.rundir import atomic_path, write_json
+
+LAST_WEIGHTS, BEST_WEIGHTS, STATE_FILE = "last.weights.h5", "best.weights.h5", "state.json"
 
 # Defaults are set in optimisation steps so they hold from a few hundred images
 # (a handful of steps per epoch) to tens of thousands (hundreds per epoch).
@@ -96,13 +101,66 @@ class BestWeights(keras.callbacks.Callback):
             self.target.set_weights(self.best_weights)
 
 
-class EpochTimer(keras.callbacks.Callback):
+class EpochRecorder(keras.callbacks.Callback):
+    """Appends one history row per finished epoch, so an interrupted stage keeps its rows."""
+
+    def __init__(self, rows: list, stage: int, learning_rate: float):
+        super().__init__()
+        self.rows, self.stage, self.learning_rate = rows, stage, learning_rate
+
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["seconds"] = time.perf_counter() - self._start
+        self.rows.append({
+            **{k: float(v) for k, v in (logs or {}).items()},
+            "epoch": epoch + 1, "stage": self.stage, "learning_rate": self.learning_rate,
+            "seconds": time.perf_counter() - self._start,
+        })
+
+
+class Checkpoint(keras.callbacks.Callback):
+    """After every epoch: the full model's last and best weights and where training stands.
+
+    Files are replaced atomically, so a run killed at any moment (even SIGKILL) can be
+    resumed from its last completed epoch.
+    """
+
+    def __init__(self, folder, target: keras.Model, best: "BestWeights", result: "TrainingResult", stage: int):
+        super().__init__()
+        self.folder, self.target, self.best, self.result, self.stage = Path(folder), target, best, result, stage
+
+    def on_epoch_end(self, epoch, logs=None):
+        save_checkpoint(self.folder, self.target, self.best, self.result, self.stage,
+                        best_is_current=self.best.best_epoch == epoch + 1)
+
+
+def save_checkpoint(folder: Path, model: keras.Model, best: "BestWeights", result: "TrainingResult", stage: int,
+                    best_is_current: bool, stage_done: bool = False) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / LAST_WEIGHTS) as tmp:
+        model.save_weights(tmp)
+    if best_is_current:
+        with atomic_path(folder / BEST_WEIGHTS) as tmp:
+            model.save_weights(tmp)
+    write_json(folder / STATE_FILE, {
+        "stage": stage, "stage_done": stage_done, "epoch": result.history[-1]["epoch"] if result.history else 0,
+        "history": result.history, "best_epoch": best.best_epoch, "best_loss": best.best_loss,
+        "fine_tune_start_epoch": result.fine_tune_start_epoch, "stage_seconds": result.stage_seconds,
+    })
+
+
+def load_checkpoint(folder: Path, model: keras.Model, best: "BestWeights", result: "TrainingResult") -> dict:
+    """Restore weights, history and the best-so-far from `folder`; returns the saved state."""
+    state = json.loads((folder / STATE_FILE).read_text())
+    result.history[:] = state["history"]
+    result.fine_tune_start_epoch = state["fine_tune_start_epoch"]
+    result.stage_seconds.update(state["stage_seconds"])
+    if state["best_epoch"] is not None:
+        model.load_weights(folder / BEST_WEIGHTS)
+        best.best_weights, best.best_epoch, best.best_loss = model.get_weights(), state["best_epoch"], state["best_loss"]
+    model.load_weights(folder / LAST_WEIGHTS)
+    return state
 
 
 @dataclass
@@ -114,16 +172,7 @@ class TrainingResult:
     val_accuracy: float | None = None
     val_loss: float | None = None
     stage_seconds: dict = field(default_factory=dict)
-
-
-def _history_rows(history: keras.callbacks.History, stage: int, first_epoch: int, learning_rate: float):
-    keys = list(history.history)
-    epochs = len(history.history[keys[0]]) if keys else 0
-    return [
-        {"epoch": first_epoch + i, "stage": stage, "learning_rate": learning_rate,
-         **{k: float(history.history[k][i]) for k in keys}}
-        for i in range(epochs)
-    ]
+    interrupted: bool = False  # Ctrl-C: the best weights so far were kept
 
 
 def train_two_stages(
@@ -141,24 +190,34 @@ def train_two_stages(
     steps_per_epoch: int,
     class_weight: dict | None = None,
     fine_tune_warmup: float = 0.1,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
     verbose: int = 1,
 ) -> TrainingResult:
     """Run stage 1 and (if fine_tune_epochs > 0) stage 2; leaves the best weights in `model`.
 
     `stage1` is (model to fit, training data, validation data); `stage2` returns the
     same once the backbone's top is unfrozen. Both fit `model` itself in the plain
-    recipe, or smaller models sharing its layers when activations are cached.
+    recipe, or smaller models sharing its layers when activations are cached. With
+    `checkpoint_dir`, every epoch is checkpointed there; `resume` continues from it.
     """
     result = TrainingResult()
     best = BestWeights(model)
+    state = load_checkpoint(checkpoint_dir, model, best, result) if resume else {"stage": 1, "epoch": 0}
+    stage1_done = state["stage"] == 2 or state.get("stage_done", False)
 
     def run_stage(stage: int, fit_model, train_data, val_data, stage_epochs: int, lr: float, first_epoch: int):
         """Fit `stage_epochs` more epochs; `lr` is the stage's peak learning rate."""
-        callbacks = [best, EpochTimer()]
+        callbacks = [best, EpochRecorder(result.history, stage, lr)]
+        if checkpoint_dir is not None:
+            callbacks.append(Checkpoint(checkpoint_dir, model, best, result, stage))
         if patience:
             callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience))
         start = time.perf_counter()
-        history = fit_model.fit(
+        steps_done = stage_steps_done(stage, first_epoch)
+        if steps_done:  # a resumed stage: its learning-rate schedule continues where it was
+            fit_model.optimizer.iterations.assign(steps_done)
+        fit_model.fit(
             train_data,
             validation_data=val_data,
             initial_epoch=first_epoch - 1,
@@ -168,30 +227,50 @@ def train_two_stages(
             verbose=verbose,
         )
         result.stage_seconds[f"stage{stage}"] = round(time.perf_counter() - start, 2)
-        result.history.extend(_history_rows(history, stage, first_epoch, lr))
 
-    if verbose:
-        print(f"Stage 1: training the head on the frozen backbone ({epochs} epochs max, lr {learning_rate:g})")
-    compile_classifier(stage1[0], num_classes, cosine_schedule(learning_rate, steps_per_epoch * epochs))
-    run_stage(1, *stage1, epochs, learning_rate, 1)
-    best.restore()
-    result.val_accuracy_stage1 = _best_row(result.history, best.best_epoch).get("val_accuracy")
+    def stage_steps_done(stage: int, first_epoch: int) -> int:
+        """Optimiser steps a resumed stage already took, so its schedule continues."""
+        stage_start = 1 if stage == 1 else result.fine_tune_start_epoch
+        return (first_epoch - stage_start) * steps_per_epoch
 
-    if fine_tune_epochs > 0:
-        trainable = unfreeze_from(model, fine_tune_at)
-        first = len(result.history) + 1
-        result.fine_tune_start_epoch = first
-        if verbose:
-            print(
-                f"Stage 2: fine-tuning the top {trainable} backbone layers from {fine_tune_at!r} "
-                f"({fine_tune_epochs} epochs max, lr {fine_tune_learning_rate:g})"
-            )
-        fit_model, train_data, val_data = stage2()
-        schedule = cosine_schedule(fine_tune_learning_rate, steps_per_epoch * fine_tune_epochs, fine_tune_warmup)
-        compile_classifier(fit_model, num_classes, schedule)
-        run_stage(2, fit_model, train_data, val_data, fine_tune_epochs, fine_tune_learning_rate, first)
+    def both_stages():
+        if not stage1_done:
+            if verbose:
+                print(f"Stage 1: training the head on the frozen backbone ({epochs} epochs max, lr {learning_rate:g})")
+            compile_classifier(stage1[0], num_classes, cosine_schedule(learning_rate, steps_per_epoch * epochs))
+            done = state["epoch"]
+            run_stage(1, *stage1, epochs - done, learning_rate, done + 1)
+            best.restore()
+            if checkpoint_dir is not None:
+                save_checkpoint(checkpoint_dir, model, best, result, 1, best_is_current=False, stage_done=True)
+        if fine_tune_epochs > 0:
+            trainable = unfreeze_from(model, fine_tune_at)
+            first = result.fine_tune_start_epoch or len(result.history) + 1
+            result.fine_tune_start_epoch = first
+            if verbose:
+                print(
+                    f"Stage 2: fine-tuning the top {trainable} backbone layers from {fine_tune_at!r} "
+                    f"({fine_tune_epochs} epochs max, lr {fine_tune_learning_rate:g})"
+                )
+            fit_model, train_data, val_data = stage2()
+            schedule = cosine_schedule(fine_tune_learning_rate, steps_per_epoch * fine_tune_epochs, fine_tune_warmup)
+            compile_classifier(fit_model, num_classes, schedule)
+            done = state["epoch"] - first + 1 if state["stage"] == 2 else 0
+            run_stage(2, fit_model, train_data, val_data, fine_tune_epochs - done, fine_tune_learning_rate,
+                      first + done)
+            best.restore()
+
+    try:
+        both_stages()
+    except KeyboardInterrupt:
+        if best.best_weights is None:
+            raise  # not one epoch finished: nothing worth keeping
+        result.interrupted = True
         best.restore()
-
+        if verbose:
+            print(f"\nInterrupted: keeping the best weights so far (epoch {best.best_epoch}).")
+    head_rows = [r for r in result.history if r["stage"] == 1]
+    result.val_accuracy_stage1 = _best_row(head_rows, _best_epoch(head_rows)).get("val_accuracy")
     row = _best_row(result.history, best.best_epoch)
     result.best_epoch = best.best_epoch
     result.val_accuracy = row.get("val_accuracy")
@@ -204,3 +283,9 @@ def _best_row(history: list[dict], epoch: int | None) -> dict:
         if row["epoch"] == epoch:
             return row
     return history[-1] if history else {}
+
+
+def _best_epoch(history: list[dict]) -> int | None:
+    """The epoch of lowest validation loss among `history` rows."""
+    rows = [r for r in history if np.isfinite(r.get("val_loss", np.nan))]
+    return min(rows, key=lambda r: r["val_loss"])["epoch"] if rows else None
