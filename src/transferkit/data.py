@@ -244,7 +244,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def load_image(path: str | os.PathLike, size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode one file to a uint8 RGB array, resized to size x size if given."""
+    """Decode one file to a uint8 RGB array; with `size`, its centre size x size square
+    (shorter side resized to `size`, the longer one cropped to it)."""
     with Image.open(path) as image:
         if image.width * image.height > max_pixels:
             raise DataError(
@@ -256,7 +257,9 @@ def load_image(path: str | os.PathLike, size: int | None = None, max_pixels: int
         image = ImageOps.exif_transpose(image)
         image = _to_rgb(image)
         if size is not None and image.size != (size, size):
-            image = image.resize((size, size), Image.Resampling.BILINEAR)
+            # Keep the aspect ratio and crop the centre, as ImageNet models saw their training
+            # images; squashing distorts shapes (bench/resize_probe.py, BENCHMARKS.md).
+            image = ImageOps.fit(image, (size, size), Image.Resampling.BILINEAR)
         return np.asarray(image, dtype=np.uint8)
 
 

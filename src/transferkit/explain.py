@@ -176,11 +176,19 @@ class GradCam:
 
 
 def upsample(cam: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of a low-resolution map onto the original image, clipped to [0, 1]."""
+    """A low-resolution map placed over the original image, clipped to [0, 1].
+
+    The model saw the image's centre square (`data.load_image`), so the map is resized
+    onto that square; the cropped-off margins get zero.
+    """
     from PIL import Image
 
-    resized = Image.fromarray(cam.astype(np.float32)).resize((width, height), Image.Resampling.BILINEAR)
-    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+    side = min(height, width)
+    resized = Image.fromarray(cam.astype(np.float32)).resize((side, side), Image.Resampling.BILINEAR)
+    heatmap = np.zeros((height, width), np.float32)
+    top, left = (height - side) // 2, (width - side) // 2
+    heatmap[top : top + side, left : left + side] = np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+    return heatmap
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
