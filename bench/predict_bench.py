@@ -133,7 +133,9 @@ def main() -> None:
     home = tempfile.mkdtemp(prefix="predict-bench-home-")  # empty TFLite cache for the cold run
     env = {**os.environ, "HOME": home, "TF_CPP_MIN_LOG_LEVEL": "2"}
     results = [summarise([baseline_row(args.run_dir, args.data, args.batch_size) for _ in range(args.repeat)])]
-    results.append(summarise([transferkit_row("transferkit predict RUN_DIR (1st call, empty cache)",
+    exported = (Path(args.run_dir) / "export" / "model.tflite").is_file()
+    first = "uses RUN_DIR/export/model.tflite" if exported else "empty cache"
+    results.append(summarise([transferkit_row(f"transferkit predict RUN_DIR (1st call, {first})",
                                               args.run_dir, args.data, env)]))
     results.append(summarise([transferkit_row("transferkit predict RUN_DIR (cached)", args.run_dir, args.data, env)
                               for _ in range(args.repeat)]))

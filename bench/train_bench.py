@@ -47,13 +47,13 @@ model = keras.Model(inputs, outputs)
 loss = (keras.losses.BinaryCrossentropy(from_logits=True) if classes == 2
         else keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 metric = keras.metrics.BinaryAccuracy(threshold=0.0) if classes == 2 else keras.metrics.SparseCategoricalAccuracy()
-model.compile(keras.optimizers.Adam(1e-4), loss, [metric])
+model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=loss, metrics=[metric])
 first = model.fit(train, validation_data=val, epochs=10, verbose=2)
 base.trainable = True
 for layer in base.layers[:100]:
     layer.trainable = False
 metric = keras.metrics.BinaryAccuracy(threshold=0.0) if classes == 2 else keras.metrics.SparseCategoricalAccuracy()
-model.compile(keras.optimizers.Adam(1e-5), loss, [metric])
+model.compile(optimizer=keras.optimizers.Adam(1e-5), loss=loss, metrics=[metric])
 second = model.fit(train, validation_data=val, epochs=20, initial_epoch=10, verbose=2)
 key = [k for k in second.history if k.startswith("val_") and "acc" in k][0]
 print(json.dumps({"val_accuracy_stage1": first.history[key][-1], "val_accuracy": second.history[key][-1],

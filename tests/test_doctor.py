@@ -360,7 +360,8 @@ def test_training_on_dirty_data_completes_and_lists_exactly_the_skipped_files(di
 
     before = checksums(dirty.root)
     run_dir = tmp_path / "run"
-    settings = {**FAST, "image_size": 64, "epochs": 2, "fine_tune_epochs": 1, "cached_views": 2, "val_split": 0.3}
+    settings = {**FAST, "image_size": 64, "epochs": 2, "fine_tune_epochs": 1, "cached_views": 2, "val_split": 0.3,
+                "write_report": False}
     classifier = ImageClassifier(**settings).fit(dirty.root, out=run_dir)
     skipped = {os.path.relpath(row["path"], dirty.root) for row in read_csv(run_dir / "skipped.csv")}
     unusable = {

@@ -161,7 +161,7 @@ def test_test_split_is_held_out_and_scored(tiny_dir, tmp_path):
     from transferkit.rundir import read_csv
 
     settings = {**FAST, "image_size": 64, "epochs": 2, "fine_tune_epochs": 0, "cached_views": 1,
-                "val_split": 0.25, "test_split": 0.25}
+                "val_split": 0.25, "test_split": 0.25, "write_report": False}
     classifier = ImageClassifier(**settings).fit(tiny_dir, out=tmp_path / "run")
     test = set(classifier.test_files_.paths)
     assert test and not test & (set(classifier.train_files_.paths) | set(classifier.val_files_.paths))

@@ -101,6 +101,7 @@ class ImageClassifier:
         cache: bool = True,
         cached_views: int | None = None,
         cache_dir: str | None = None,
+        write_report: bool = True,
         seed: int = 42,
         verbose: int = 1,
     ):
@@ -124,6 +125,7 @@ class ImageClassifier:
         self.cache = cache
         self.cached_views = cached_views
         self.cache_dir = cache_dir
+        self.write_report = write_report
         self.seed = seed
         self.verbose = verbose
 
@@ -329,7 +331,8 @@ class ImageClassifier:
         self.results_["seconds"] = round(time.perf_counter() - started, 2)
         if out_dir is not None:  # the final figure includes saving time
             self._write_config(out_dir)
-            self.report(out_dir)  # report.html: metrics, mistakes, Grad-CAM, activations
+            if self.write_report:
+                self.report(out_dir)  # report.html: metrics, mistakes, Grad-CAM, activations
             if not result.interrupted:  # an interrupted run keeps its checkpoint for resume()
                 shutil.rmtree(checkpoint_dir, ignore_errors=True)
         return self

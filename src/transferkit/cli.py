@@ -93,6 +93,7 @@ def train(
     overwrite: bool = typer.Option(False, help="Allow writing into a non-empty --out folder.", rich_help_panel=OUT_PANEL),
     resume: bool = typer.Option(False, "--resume", help="Continue the killed or interrupted run in --out from its last completed epoch, with its original settings.", rich_help_panel=OUT_PANEL),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the results instead of progress.", rich_help_panel=OUT_PANEL),
+    write_report: bool = typer.Option(True, "--report/--no-report", help="Write report.html into the run folder (10-20 s).", rich_help_panel=OUT_PANEL),
     val_dir: Optional[Path] = typer.Option(None, help="Separate validation folder with the same classes (replaces --val-split).", rich_help_panel=DATA_PANEL, show_default=False),
     val_split: float = typer.Option(0.2, help="Fraction of each class held out for validation.", rich_help_panel=DATA_PANEL),
     test_split: float = typer.Option(0.0, help="Fraction of each class held out as a test set, scored once after training.", rich_help_panel=DATA_PANEL),
@@ -143,7 +144,8 @@ def train(
                 fine_tune_learning_rate=fine_tune_learning_rate, fine_tune_at=_parse_fine_tune_at(fine_tune_at),
                 dropout=dropout, hidden_units=tuple(hidden_units or ()), batch_size=batch_size, val_split=val_split,
                 test_split=test_split, patience=patience, class_weight=class_weight, cache=cache,
-                cached_views=cached_views, cache_dir=str(cache_dir) if cache_dir else None, seed=seed, verbose=verbose,
+                cached_views=cached_views, cache_dir=str(cache_dir) if cache_dir else None, write_report=write_report,
+                seed=seed, verbose=verbose,
             )
             out_dir = out_dir or next_free_dir(Path("runs") / (data_dir.resolve().name or "run"))
             classifier.fit(data_dir, val_dir=val_dir, out=out_dir, overwrite=overwrite)

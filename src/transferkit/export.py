@@ -369,9 +369,12 @@ def _int8_flatbuffer(converter, model, calibration: list[str], selection: list[s
     quantisation error (TFLite's QuantizationDebugger, RMSE / scale per tensor) stay
     float, more at each step, until it does. Fine-tuned backbones need this: on a
     MobileNetV2 fine-tuned at 96 px, plain int8 flipped 14 % of the validation images
-    (probabilities off by up to 0.47); with its most error-prone half in float it
-    flipped 1 of 73 and still ran twice as fast as float. Calibration happens once;
-    each step only re-quantises. The validation images are left for the parity check.
+    (probabilities off by up to 0.47); with its 57 most error-prone layers in float it
+    flipped 1 of 73, at half full int8's speed. Near-0.5 predictions of a weak model
+    can need as many float layers, and many int8/float transitions can make the model
+    slower than plain float: `float_layers` in the result says how many were kept.
+    Calibration happens once; each step only re-quantises. The validation images are
+    left for the parity check.
     """
     import tensorflow as tf
 

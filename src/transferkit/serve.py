@@ -8,9 +8,10 @@ transferkit uses, so every runtime sees the same pixels.
 On a run folder, `runtime="auto"` uses a float TFLite copy of the model when one is at
 hand whose top-1 agrees with Keras (the parity check of `export`): `RUN/export/model.tflite`
 from `transferkit export`, or one converted earlier into the cache. Measured on 2 CPU
-cores (MobileNetV2, 160 px), TFLite with XNNPACK classifies about 2x as many images per
-second as Keras; converting costs about 15-25 s once, so a conversion into the cache is
-only started for calls of at least `CONVERT_MIN_IMAGES` images and then reused.
+cores (MobileNetV2, 160 px, bench/predict_bench.py), TFLite with XNNPACK classifies
+1.5-2x as many images per second as Keras; converting costs 15-25 s once, which a call
+of about 2,500 images earns back, so a conversion into the cache is only started for
+calls of at least `CONVERT_MIN_IMAGES` images (or runtime="tflite"), then reused.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ RUNTIMES = ("auto", "keras", "tflite", "savedmodel", "onnx")
 # XNNPACK is fastest on small batches that stay in cache, TensorFlow on larger ones.
 DEFAULT_BATCH = {"keras": 32, "tflite": 8, "savedmodel": 32, "onnx": 32}
 # A run folder without a TFLite copy is converted (once, cached) only for calls this large.
-CONVERT_MIN_IMAGES = 500
+CONVERT_MIN_IMAGES = 2000
 # Validation images the parity check of a cached conversion looks at, at most.
 CACHE_PARITY_IMAGES = 200
 METADATA_NAME = "transferkit"  # TFLite metadata entry / ONNX metadata_props key
@@ -371,10 +372,17 @@ class Predictor:
             parity_images = _validation_sample(self.source, CACHE_PARITY_IMAGES)
         except TransferkitError:  # the run's images moved: check on the images at hand
             parity_images = list(paths[:64])
-        logger.info("Converting %s to TFLite once (cached in %s).", self.source, self.cache_dir)
+        (logger.warning if self.verbose else logger.info)(
+            "Converting %s to TFLite once (about 20 s; cached in %s for later calls).", self.source, self.cache_dir)
         started = time.perf_counter()
-        result = export_classifier(self.classifier, "tflite", target, run_dir=self.source,
-                                   parity_images=parity_images, overwrite=True, model_digest=digest)
+        try:
+            result = export_classifier(self.classifier, "tflite", target, run_dir=self.source,
+                                       parity_images=parity_images, overwrite=True, model_digest=digest)
+        except Exception as error:  # noqa: BLE001 - auto mode must still predict, with Keras
+            if self.requested_runtime == "tflite":
+                raise
+            logger.warning("Converting %s to TFLite failed (%s); predicting with Keras.", self.source, error)
+            return None
         self.conversion = {"seconds": round(time.perf_counter() - started, 2), "path": str(target),
                            "parity": result.parity}
         if not result.parity["passed"]:
