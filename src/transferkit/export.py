@@ -44,7 +44,6 @@ from transferkit.serve import (
     Predictor,
     _quiet_native_stderr,
     evenly_spaced,
-    file_digest,
     sidecar,
 )
 
@@ -132,7 +131,7 @@ def export_classifier(classifier, format: str, out=None, *, run_dir=None,
                      if calibration_images is None or isinstance(calibration_images, int) else calibration)
     check_paths = _image_list(parity_images, classifier, run_dir, "validation", "parity_images")
     if model_digest is None and run_dir is not None:
-        model_digest = file_digest(Path(run_dir) / rundir.MODEL_FILE)
+        model_digest = data.file_digest(Path(run_dir) / rundir.MODEL_FILE)
 
     model = inference_model(classifier.model_)
     threshold = PARITY_THRESHOLDS.get(format, FLOAT_PARITY_THRESHOLD)

@@ -17,7 +17,6 @@ calls of at least `CONVERT_MIN_IMAGES` images (or runtime="tflite"), then reused
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -57,15 +56,6 @@ def sidecar(path: str | os.PathLike, suffix: str, folder: bool | None = None) ->
     if path.is_dir() if folder is None else folder:
         return path / suffix.lstrip(".")
     return path.with_name(path.name + suffix)
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    """SHA-256 of a file: ties an export or a cached conversion to one exact model.keras."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_tflite_metadata(path: str | os.PathLike) -> dict | None:
@@ -355,7 +345,7 @@ class Predictor:
 
     def _checked_tflite_copy(self) -> Path | None:
         """`RUN/export/model.tflite` or a cached conversion of this exact model.keras that passed parity."""
-        digest = file_digest(self.source / rundir.MODEL_FILE)
+        digest = data.file_digest(self.source / rundir.MODEL_FILE)
         for candidate in (self.source / "export" / "model.tflite", self.cache_dir / f"{digest[:24]}.tflite"):
             info = read_export_info(candidate) if candidate.is_file() else None
             if info and info.get("model_digest") == digest and info.get("parity", {}).get("passed"):
@@ -366,7 +356,7 @@ class Predictor:
         """Convert once to float TFLite, keep it only if its top-1 agrees with Keras."""
         from transferkit.export import export_classifier
 
-        digest = file_digest(self.source / rundir.MODEL_FILE)
+        digest = data.file_digest(self.source / rundir.MODEL_FILE)
         target = self.cache_dir / f"{digest[:24]}.tflite"
         try:
             parity_images = _validation_sample(self.source, CACHE_PARITY_IMAGES)
