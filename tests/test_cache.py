@@ -71,3 +71,13 @@ def test_cache_dir_hit_skips_backbone_work_and_a_changed_file_invalidates(tiny_d
     keys = {cache_key(third.train_files_, data_dir, {**base_key, name: value})
             for name, value in [("image_size", 64), ("image_size", 96), ("augmentation", "light"), ("views", 3)]}
     assert len(keys) == 4
+
+
+def test_an_unwritable_cache_dir_falls_back_to_memory_with_a_warning(tiny_dir, tmp_path, caplog):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    settings = {**FAST, "image_size": 64, "epochs": 1, "fine_tune_epochs": 0, "cached_views": 1,
+                "cache_dir": str(blocker / "cache")}
+    classifier = ImageClassifier(**settings).fit(tiny_dir)
+    assert classifier.results_["val_accuracy"] is not None
+    assert "is not writable" in caplog.text and "keeping caches in memory" in caplog.text

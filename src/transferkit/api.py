@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -367,12 +368,13 @@ class ImageClassifier:
         of data_dir, val_dir and test_dir (None for a folder not given)."""
         from transferkit import doctor
 
-        cache_root = Path(self.cache_dir) if self.cache_dir else Path.home() / ".cache" / "transferkit"
+        cache_root = writable_or_none(Path(self.cache_dir) if self.cache_dir else Path.home() / ".cache" / "transferkit")
         folders = (data_dir, val_dir, test_dir)
         identity = hashlib.sha256("|".join(str(f and Path(f).resolve()) for f in folders).encode())
         with _progress(0, "Checking images", enabled=bool(self.verbose)) as advance:
             scan = doctor.scan_dataset(
-                data_dir, val_dir=val_dir, test_dir=test_dir, cache_path=cache_root / "scans" / f"{identity.hexdigest()[:20]}.json",
+                data_dir, val_dir=val_dir, test_dir=test_dir,
+                cache_path=cache_root / "scans" / f"{identity.hexdigest()[:20]}.json" if cache_root else None,
                 progress=lambda done, total: advance(done, total),
             )
         self.skipped_files_ = doctor.skipped_rows(scan)
@@ -416,7 +418,7 @@ class ImageClassifier:
             "image_size": settings["image_size"], "augmentation": dataclasses.asdict(settings["augmentation"]),
             "cut": base.operations[cut].name if cut is not None else None, "seed": self.seed,
         }
-        cache_dir = Path(self.cache_dir) if self.cache_dir else None
+        cache_dir = writable_or_none(Path(self.cache_dir)) if self.cache_dir else None
         splits = []
         views = self.cached_views or auto_views(len(train_files))
         self.cached_views_ = views
@@ -677,6 +679,18 @@ class ImageClassifier:
         run_dir = run_dir or getattr(self, "run_dir_", None) or getattr(self, "results_", {}).get("run_dir")
         return export_classifier(self, format, out, run_dir=run_dir, calibration_images=calibration_images,
                                  parity_images=parity_images, overwrite=overwrite)
+
+
+def writable_or_none(folder: Path) -> Path | None:
+    """`folder` if files can be written there, else None (with a warning): caches then stay in memory."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+        return folder
+    except OSError as error:
+        logger.warning("Cache folder %s is not writable (%s); keeping caches in memory for this run.", folder, error)
+        return None
 
 
 def _history_fields(history: list[dict]) -> list[str]:
