@@ -149,7 +149,7 @@ def test_imbalanced_data_is_weighted_and_reported_per_class(tmp_path):
 
 
 def test_same_data_and_seed_give_the_same_split_and_metrics(tiny_dir):
-    settings = {**FAST, "image_size": 64, "epochs": 3, "fine_tune_epochs": 1, "cached_views": 2}
+    settings = {**FAST, "image_size": 64, "epochs": 2, "fine_tune_epochs": 1, "cached_views": 2}
     first, second = (ImageClassifier(**settings).fit(tiny_dir) for _ in range(2))
     assert first.val_files_ == second.val_files_
     assert first.data_summary_["fingerprint"] == second.data_summary_["fingerprint"]

@@ -244,7 +244,7 @@ class ImageClassifier:
                 f"{steps} steps per epoch"
             )
         if self.cache:
-            stage1, stage2 = self._cached_stages(model, files, train_files, val_files, data_dir, settings, fine_tune_epochs)
+            stage1, stage2 = self._cached_stages(model, train_files, val_files, data_dir, settings, fine_tune_epochs)
         else:
             train_ds = data.make_dataset(
                 train_files.paths, train_files.labels, image_size, self.batch_size, shuffle=True, seed=self.seed
@@ -405,7 +405,7 @@ class ImageClassifier:
             usable.append(labelled)
         return tuple(usable)
 
-    def _cached_stages(self, model, files, train_files, val_files, data_dir, settings, fine_tune_epochs):
+    def _cached_stages(self, model, train_files, val_files, data_dir, settings, fine_tune_epochs):
         """Stage inputs that train on cached backbone activations (see `features`)."""
         from transferkit import features
         from transferkit.model import backbone_of, clean_cut, fine_tune_index

@@ -188,7 +188,6 @@ def predict(
 ):
     """Label each image with the trained classifier (label and confidence); images/s on stderr."""
     _setup_logging(quiet=False)
-    from transferkit.errors import ConfigError
     from transferkit.serve import Predictor
 
     try:

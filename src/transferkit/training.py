@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,6 +165,35 @@ def load_checkpoint(folder: Path, model: keras.Model, best: "BestWeights", resul
     return state
 
 
+class StopOnCtrlC(keras.callbacks.Callback):
+    """Turns the first Ctrl-C into a clean stop after the current batch.
+
+    A KeyboardInterrupt raised inside TensorFlow's input threads can abort the whole
+    process; a flag checked between batches cannot. A second Ctrl-C interrupts at once.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.requested = False
+        self._previous = None
+
+    def on_train_begin(self, logs=None):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._request)
+
+    def _request(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.requested:
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self._previous is not None and not self.requested:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 @dataclass
 class TrainingResult:
     history: list[dict] = field(default_factory=list)  # one row per epoch, both stages
@@ -203,12 +234,15 @@ def train_two_stages(
     """
     result = TrainingResult()
     best = BestWeights(model)
+    ctrl_c = StopOnCtrlC()
     state = load_checkpoint(checkpoint_dir, model, best, result) if resume else {"stage": 1, "epoch": 0}
     stage1_done = state["stage"] == 2 or state.get("stage_done", False)
 
     def run_stage(stage: int, fit_model, train_data, val_data, stage_epochs: int, lr: float, first_epoch: int):
         """Fit `stage_epochs` more epochs; `lr` is the stage's peak learning rate."""
-        callbacks = [best, EpochRecorder(result.history, stage, lr)]
+        if ctrl_c.requested:
+            raise KeyboardInterrupt
+        callbacks = [best, EpochRecorder(result.history, stage, lr), ctrl_c]
         if checkpoint_dir is not None:
             callbacks.append(Checkpoint(checkpoint_dir, model, best, result, stage))
         if patience:
@@ -227,6 +261,8 @@ def train_two_stages(
             verbose=verbose,
         )
         result.stage_seconds[f"stage{stage}"] = round(time.perf_counter() - start, 2)
+        if ctrl_c.requested:
+            raise KeyboardInterrupt  # ends both stages; handled below like a hard Ctrl-C
 
     def stage_steps_done(stage: int, first_epoch: int) -> int:
         """Optimiser steps a resumed stage already took, so its schedule continues."""
