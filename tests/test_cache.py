@@ -39,12 +39,12 @@ def test_cached_training_leaves_its_weights_in_the_full_model(alpaca_run):
 def test_cached_and_plain_recipes_reach_equivalent_accuracy(alpaca_dir):
     # Without augmentation both recipes see the same pixels, so any gap would be the
     # cache's fault. Short stages: the plain recipe pays a backbone pass per image per epoch.
-    short = {**FAST, "augment": "none", "epochs": 4, "fine_tune_epochs": 0, "cached_views": 1}
+    short = {**FAST, "augment": "none", "epochs": 8, "fine_tune_epochs": 0, "cached_views": 1}
     cached = ImageClassifier(**short).fit(alpaca_dir)
     plain = ImageClassifier(**{**short, "cache": False}).fit(alpaca_dir)
     accuracies = [run.results_["val_accuracy"] for run in (cached, plain)]
     assert min(accuracies) >= 0.8, accuracies  # majority class: 0.56
-    assert abs(accuracies[0] - accuracies[1]) <= 0.04, accuracies
+    assert abs(accuracies[0] - accuracies[1]) <= 0.05, accuracies  # 73 images: 1 image = 0.014
 
 
 def test_cache_dir_hit_skips_backbone_work_and_a_changed_file_invalidates(tiny_dir, tmp_path):
