@@ -45,7 +45,7 @@ def main():
                               "seconds": round(time.perf_counter() - start, 1)}), flush=True)
         summary[augment] = (heads, finals)
 
-    print(f"\n| augment | head only (mean ± sd) | final (mean ± sd) | runs |")
+    print("\n| augment | head only (mean ± sd) | final (mean ± sd) | runs |")
     print("|---|---|---|---|")
     for augment, (heads, finals) in summary.items():
         sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)

@@ -28,6 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from transferkit import data, rundir
+from transferkit.progress import progress_bar as _progress
 from transferkit.errors import ConfigError, DataError, RunDirError, TransferkitError
 
 logger = logging.getLogger("transferkit")
@@ -465,9 +466,3 @@ def evenly_spaced(items: Sequence, limit: int | None) -> list:
     if limit is None or len(items) <= limit:
         return items
     return [items[int(i)] for i in np.linspace(0, len(items) - 1, limit).round()]
-
-
-def _progress(total: int, description: str, enabled: bool):
-    from transferkit.api import _progress as progress
-
-    return progress(total, description, enabled=enabled)
