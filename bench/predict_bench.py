@@ -35,7 +35,7 @@ def baseline_child(run_dir: str, data_dir: str, batch_size: int) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
-    import transferkit.model  # noqa: F401 - registers BackbonePreprocessing for loading
+    import transferkit.modeling.classifier  # noqa: F401 - registers BackbonePreprocessing for loading
 
     model = keras.saving.load_model(Path(run_dir) / "model.keras", compile=False)
     size = int(model.input_shape[1])

@@ -10,9 +10,9 @@ from PIL import Image
 
 from conftest import FAST
 from transferkit import ImageClassifier
-from transferkit.backbones import get_backbone
-from transferkit.features import cache_key
-from transferkit.model import backbone_of, build_classifier, clean_cut, fine_tune_index, split_at
+from transferkit.modeling.backbones import get_backbone
+from transferkit.training.cache import cache_key
+from transferkit.modeling.classifier import backbone_of, build_classifier, clean_cut, fine_tune_index, split_at
 
 
 @pytest.mark.parametrize("backbone, size", [("mobilenet_v2", 96), ("mobilenet", 96), ("resnet50", 64),

@@ -20,7 +20,7 @@ from conftest import ALPACA, checksums, copy_subset
 from dirty_data import build_dirty_dataset, near_copy, photo, sources
 from transferkit.cli import app
 from transferkit.data import list_class_folders
-from transferkit.doctor import (
+from transferkit.data.doctor import (
     CODES, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE, ERROR, NEAR_DISTANCE, phash, scan_dataset, skipped_rows, usable_files,
     usable_labelled,
 )
@@ -347,14 +347,14 @@ def test_opaque_alpha_and_plain_greyscale_are_not_worth_a_note(tmp_path):
 
 
 def test_doctor_does_not_load_tensorflow(tiny_dir):
-    code = ("import sys; from transferkit.doctor import scan_dataset; scan_dataset(sys.argv[1]); "
+    code = ("import sys; from transferkit.data.doctor import scan_dataset; scan_dataset(sys.argv[1]); "
             "assert not {'tensorflow', 'keras'} & set(sys.modules), 'doctor must stay light'")
     subprocess.run([sys.executable, "-c", code, str(tiny_dir)], check=True, timeout=60)
 
 
 def test_training_on_dirty_data_completes_and_lists_exactly_the_skipped_files(dirty, tmp_path):
     from transferkit import ImageClassifier
-    from transferkit.rundir import read_csv
+    from transferkit.runs.folder import read_csv
 
     from conftest import FAST
 

@@ -15,7 +15,7 @@ from conftest import FAST, RPS, checksums, copy_subset
 from transferkit import ImageClassifier
 from transferkit.cli import app
 from transferkit.errors import DataError
-from transferkit.evaluation import evaluate_files, labelled_folder, plot_misclassified, read_split
+from transferkit.analysis.evaluation import evaluate_files, labelled_folder, plot_misclassified, read_split
 
 runner = CliRunner()
 

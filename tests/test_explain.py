@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from transferkit.cli import app
 from transferkit.errors import ConfigError
-from transferkit.explain import GradCam, default_layers, resolve_layers
-from transferkit.model import backbone_of
+from transferkit.analysis.explain import GradCam, default_layers, resolve_layers
+from transferkit.modeling.classifier import backbone_of
 
 runner = CliRunner()
 
@@ -70,7 +70,7 @@ def test_gradcam_for_a_named_class_and_unknown_class(alpaca_run, images):
 
 def test_layer_by_layer_replay_matches_the_model(alpaca_run, images):
     classifier, _, _ = alpaca_run
-    from transferkit.explain import load_batch
+    from transferkit.analysis.explain import load_batch
 
     _, batch, _, unreadable = load_batch(sorted(str(p) for p in images.iterdir()), classifier.image_size_)
     assert len(unreadable) == 1

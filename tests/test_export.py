@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from transferkit import rundir
+from transferkit.runs import folder as rundir
 from transferkit.cli import app
 from transferkit.errors import ConfigError, RunDirError
-from transferkit.export import FORMATS, export_model
-from transferkit.serve import Predictor, read_onnx_metadata, read_tflite_metadata
+from transferkit.deploy.export import FORMATS, export_model
+from transferkit.deploy.predictor import Predictor, read_onnx_metadata, read_tflite_metadata
 
 runner = CliRunner()
 FLOAT_FORMATS = ("savedmodel", "tflite", "tflite-fp16", "onnx")

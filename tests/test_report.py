@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from conftest import checksums
 from transferkit.cli import app
 from transferkit.errors import ConfigError
-from transferkit.report import REPORT_FILE, write_report
+from transferkit.analysis.report import REPORT_FILE, write_report
 
 runner = CliRunner()
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import FAST, RPS, checksums, copy_subset
 from transferkit import ImageClassifier
-from transferkit.model import backbone_of
+from transferkit.modeling.classifier import backbone_of
 
 
 def test_alpaca_reaches_well_above_chance(alpaca_run):
@@ -158,7 +158,7 @@ def test_same_data_and_seed_give_the_same_split_and_metrics(tiny_dir):
 
 
 def test_test_split_is_held_out_and_scored(tiny_dir, tmp_path):
-    from transferkit.rundir import read_csv
+    from transferkit.runs.folder import read_csv
 
     settings = {**FAST, "image_size": 64, "epochs": 2, "fine_tune_epochs": 0, "cached_views": 1,
                 "val_split": 0.25, "test_split": 0.25, "write_report": False}

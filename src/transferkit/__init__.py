@@ -13,7 +13,7 @@ def __getattr__(name):
 
         return getattr(api, name)
     if name == "BACKBONES":
-        from transferkit.backbones import BACKBONES
+        from transferkit.modeling.backbones import BACKBONES
 
         return BACKBONES
     raise AttributeError(f"module 'transferkit' has no attribute {name!r}")

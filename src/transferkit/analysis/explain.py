@@ -20,9 +20,11 @@ from typing import Sequence
 
 import numpy as np
 
-from transferkit import data, rundir
+from transferkit import data
+from transferkit.runs import folder as rundir
+from transferkit.runs.trained import TrainedModel
 from transferkit.errors import ConfigError, DataError
-from transferkit.evaluation import save_figure, thumbnail, wrap_label
+from transferkit.analysis.evaluation import save_figure, thumbnail, wrap_label
 
 logger = logging.getLogger("transferkit")
 
@@ -43,7 +45,7 @@ def _parts(model):
     """
     import keras
 
-    from transferkit.model import backbone_of
+    from transferkit.modeling.classifier import backbone_of
 
     base = backbone_of(model)
     layers = list(model.layers)
@@ -153,7 +155,7 @@ class GradCam:
         """Low-resolution maps in [0, 1] for a batch, with the explained class and all probabilities."""
         import tensorflow as tf
 
-        from transferkit.model import to_class_probabilities
+        from transferkit.modeling.classifier import to_class_probabilities
 
         images = tf.convert_to_tensor(images, tf.float32)
         with tf.GradientTape() as tape:
@@ -200,7 +202,7 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = OVERLAY_ALPHA
 
 
 def explain_images(
-    classifier, paths: Sequence[str], class_name: str | None = None, out=None, layer: str | None = None,
+    trained: TrainedModel, paths: Sequence[str], class_name: str | None = None, out=None, layer: str | None = None,
     batch_size: int = 16,
 ) -> list[Explanation]:
     """Grad-CAM for each readable image (unreadable ones are skipped with a warning).
@@ -212,7 +214,7 @@ def explain_images(
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    cam = GradCam(classifier.model_, classifier.classes_, layer)
+    cam = GradCam(trained.model, trained.classes, layer)
     class_index = cam.class_index(class_name)
     if not paths:
         raise DataError("No images to explain: pass image files or folders of images.")
@@ -221,7 +223,7 @@ def explain_images(
         raise ConfigError(f"Output '{out}' is a file; pass a folder for the overlay images.")
     explanations, taken = [], set()
     for start in range(0, len(paths), batch_size):
-        kept, images, originals, _ = load_batch(paths[start:start + batch_size], classifier.image_size_)
+        kept, images, originals, _ = load_batch(paths[start:start + batch_size], trained.image_size)
         if not kept:
             continue
         cams, targets, probabilities = cam.maps(images, class_index)
@@ -357,7 +359,7 @@ class ActivationGrid:
 
 
 def activation_grids(
-    classifier, image_path, layers: Sequence[str | int] | None = None, out=None, max_channels: int = MAX_CHANNELS,
+    trained: TrainedModel, image_path, layers: Sequence[str | int] | None = None, out=None, max_channels: int = MAX_CHANNELS,
 ) -> list[ActivationGrid]:
     """Feature maps of backbone layers for one image; one PNG grid per layer with `out`.
 
@@ -368,13 +370,13 @@ def activation_grids(
 
     if isinstance(max_channels, bool) or not isinstance(max_channels, int) or max_channels < 1:
         raise ConfigError(f"max_channels must be a positive integer, got {max_channels!r}.")
-    before, base, _ = _parts(classifier.model_)
+    before, base, _ = _parts(trained.model)
     chosen = default_layers(base) if not layers else resolve_layers(base, list(layers))
     out = Path(out) if out is not None else None
     if out is not None and out.exists() and not out.is_dir():
         raise ConfigError(f"Output '{out}' is a file; pass a folder for the activation grids.")
     try:
-        image = data.load_image(image_path, classifier.image_size_).astype(np.float32)[None]
+        image = data.load_image(image_path, trained.image_size).astype(np.float32)[None]
     except FileNotFoundError as error:
         raise DataError(f"Image '{image_path}' does not exist.") from error
     except Exception as error:  # noqa: BLE001 - any decoder failure means the same to the user

@@ -36,8 +36,8 @@ import keras
 import numpy as np
 
 from transferkit import data
-from transferkit.rundir import atomic_path
-from transferkit.model import backbone_of, split_at
+from transferkit.runs.folder import atomic_path
+from transferkit.modeling.classifier import backbone_of, split_at
 
 logger = logging.getLogger("transferkit")
 
@@ -188,7 +188,7 @@ class ViewBatches(keras.utils.PyDataset):
 
 def head_model(model: keras.Model, extractor: ViewExtractor) -> keras.Model:
     """Pooled features -> the model's own head layers (shared weights)."""
-    from transferkit.model import head_layers
+    from transferkit.modeling.classifier import head_layers
 
     inputs = keras.Input((extractor.pooled_dim,), name="pooled")
     x = inputs
@@ -199,7 +199,7 @@ def head_model(model: keras.Model, extractor: ViewExtractor) -> keras.Model:
 
 def top_model(model: keras.Model, extractor: ViewExtractor) -> keras.Model:
     """Boundary activations -> unfrozen top of the backbone -> pooling -> head (shared weights)."""
-    from transferkit.model import head_layers
+    from transferkit.modeling.classifier import head_layers
 
     inputs = keras.Input(extractor.boundary_shape, name="boundary")
     x = extractor.pool(extractor.upper(inputs))

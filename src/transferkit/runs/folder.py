@@ -23,7 +23,9 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from transferkit.errors import RunDirError
+from transferkit.data.files import SPLITS, VALIDATION, LabelledFiles
+from transferkit.errors import ConfigError, RunDirError
+from transferkit.runs.lock import LOCK_FILE
 
 MODEL_FILE = "model.keras"
 CLASSES_FILE = "classes.txt"
@@ -86,12 +88,17 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def has_content(folder: Path) -> bool:
+    """Whether `folder` holds anything besides a run-folder lock file."""
+    return any(p.name != LOCK_FILE for p in folder.iterdir())
+
+
 def check_output_dir(out: str | os.PathLike, overwrite: bool) -> Path:
     """Refuse a file, or a non-empty folder unless `overwrite`; creates nothing."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise RunDirError(f"Output path '{out}' is a file; pass a folder for the run.")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    if out.is_dir() and has_content(out) and not overwrite:
         raise RunDirError(
             f"Output folder '{out}' is not empty. Choose another --out, or pass --overwrite "
             "to replace the files transferkit writes there."
@@ -110,7 +117,7 @@ def next_free_dir(base: str | os.PathLike) -> Path:
     """`base`, or `base-2`, `base-3`, ... whichever does not exist or is empty."""
     base = Path(base)
     candidate, n = base, 1
-    while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
+    while candidate.exists() and (not candidate.is_dir() or has_content(candidate)):
         n += 1
         candidate = base.with_name(f"{base.name}-{n}")
     return candidate
@@ -145,3 +152,66 @@ def read_config(run_dir: str | os.PathLike) -> dict:
 
 def read_classes(run_dir: str | os.PathLike) -> list[str]:
     return (Path(run_dir) / CLASSES_FILE).read_text(encoding="utf-8").splitlines()
+
+
+def history_fields(history: list[dict]) -> list[str]:
+    fields = ["epoch", "stage"]
+    for row in history:
+        fields.extend(k for k in row if k not in fields)
+    return fields
+
+
+def parse_history(rows: list[dict]) -> list[dict]:
+    return [{k: (int(v) if k in ("epoch", "stage") else float(v)) for k, v in row.items() if v != ""} for row in rows]
+
+
+def _resolve_split_path(path: str, class_name: str, roots: Sequence[str]) -> str:
+    """A split.csv path as written, or re-anchored on the run's data folder.
+
+    Paths are stored as training saw them; a relative one only resolves from the
+    folder training ran in, so it is also tried below the recorded data folder,
+    from the class folder down.
+    """
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    parts = Path(path).parts
+    for root in roots:
+        for start in (i for i, part in enumerate(parts) if part == class_name):
+            candidate = Path(root, *parts[start:])
+            if candidate.exists():
+                return str(candidate)
+    return path
+
+
+def read_split(run_dir, split: str = VALIDATION, classes: Sequence[str] | None = None) -> LabelledFiles:
+    """The files of one split recorded in a run's split.csv, in their recorded order."""
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {list(SPLITS)}, got {split!r}.")
+    run_dir = check_run_dir(run_dir)
+    path = run_dir / SPLIT_FILE
+    if not path.is_file():
+        raise RunDirError(
+            f"'{run_dir}' has no {SPLIT_FILE}, so its {split} split cannot be reproduced. "
+            "Pass a labelled DATA_DIR to evaluate on instead."
+        )
+    if classes is None:
+        classes = read_classes(run_dir)
+    rows = read_csv(path)
+    if rows and not {"path", "class", "split"} <= set(rows[0]):
+        raise RunDirError(f"'{path}' lacks the columns path, class, split; the run is damaged.")
+    config = read_config(run_dir)
+    roots = [r for r in (config.get("data", {}).get("val_dir"), config.get("data", {}).get("data_dir")) if r]
+    paths, labels = [], []
+    for row in rows:
+        if row["split"] != split:
+            continue
+        if row["class"] not in classes:
+            raise RunDirError(
+                f"'{path}' names class {row['class']!r}, which is not among the run's classes "
+                f"{list(classes)}; the run is damaged."
+            )
+        paths.append(_resolve_split_path(row["path"], row["class"], roots))
+        labels.append(list(classes).index(row["class"]))
+    if not paths:
+        raise RunDirError(f"'{path}' lists no {split} files.")
+    return LabelledFiles(tuple(paths), tuple(labels), tuple(classes))

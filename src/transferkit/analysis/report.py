@@ -11,11 +11,9 @@ becomes a note in its section instead of costing the whole report.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import html
 import io
 import logging
-import math
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,137 +21,18 @@ from typing import Sequence
 
 import numpy as np
 
-from transferkit import data, evaluation, rundir
-from transferkit.errors import ConfigError, DataError, TransferkitError
-from transferkit.evaluation import save_figure, wrap_label
+from transferkit import data
+from transferkit.analysis import evaluation
+from transferkit.runs import folder as rundir
+from transferkit.errors import ConfigError, TransferkitError
+from transferkit.analysis.preview import AUGMENTATION_DRAWS, describe_augmentation, plot_augmentation_preview, plot_samples
+from transferkit.runs.trained import TrainedModel
 
 logger = logging.getLogger("transferkit")
 
 REPORT_FILE = "report.html"
-SAMPLES_PER_GRID = 18
-AUGMENTATION_DRAWS = 8
 GRADCAM_IMAGES = 6
 JPEG_ABOVE_BYTES = 300_000  # embedded PNGs larger than this are photo grids; they go in as JPEG
-
-
-# -- dataset preview -------------------------------------------------------------------
-
-
-def pick_samples(files: data.LabelledFiles, count: int = SAMPLES_PER_GRID, seed: int = 42) -> list[int]:
-    """Indices of about `count` files, the same number from each class (at least one each)."""
-    rng = np.random.default_rng(seed)
-    labels = np.asarray(files.labels)
-    per_class = max(1, count // max(1, len(files.classes)))
-    chosen = []
-    for index in range(len(files.classes)):
-        members = np.flatnonzero(labels == index)
-        chosen.extend(sorted(rng.choice(members, size=min(per_class, len(members)), replace=False).tolist()))
-    return chosen
-
-
-def plot_samples(files: data.LabelledFiles, path, image_size: int, count: int = SAMPLES_PER_GRID,
-                 seed: int = 42) -> list[str]:
-    """A labelled grid of sample images (as the model sees them: square, `image_size`); returns their paths."""
-    from transferkit.reports import plot_image_grid
-
-    images, titles, shown = [], [], []
-    for i in pick_samples(files, count, seed):
-        try:
-            images.append(data.load_image(files.paths[i], image_size))
-        except Exception as error:  # noqa: BLE001 - an unreadable sample is reported and not shown
-            logger.warning("Skipping unreadable image %s: %s", files.paths[i], error)
-            continue
-        titles.append(files.classes[files.labels[i]])
-        shown.append(files.paths[i])
-    if not images:
-        raise DataError("None of the sampled images could be read.")
-    plot_image_grid(images, titles, path)
-    return shown
-
-
-def describe_augmentation(augmentation: dict | None) -> str:
-    """'flip horizontal, rotation up to 72 degrees, zoom 10 %' from an Augmentation's fields."""
-    if not augmentation:
-        return "none"
-    parts = []
-    for name, value in augmentation.items():
-        if name == "flip":
-            if value != "none":
-                parts.append(f"flip {value.replace('_', ' ')}")
-        elif value:
-            parts.append(f"rotation up to {value * 360:.0f} degrees" if name == "rotation" else f"{name} {value:.0%}")
-    return ", ".join(parts) or "none"
-
-
-def plot_augmentation_preview(augmenter, image: np.ndarray, path, draws: int = AUGMENTATION_DRAWS,
-                              description: str = "", columns: int = 5) -> Path:
-    """The image, then `draws` random augmentations of it, exactly as training applies them."""
-    import matplotlib.pyplot as plt
-
-    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
-        raise ConfigError(f"draws must be a positive integer, got {draws!r}.")
-    batch = np.asarray(image, np.float32)[None]
-    tiles = [np.asarray(image, np.uint8)]
-    for _ in range(draws):
-        tiles.append(np.clip(np.asarray(augmenter(batch, training=True))[0], 0, 255).astype(np.uint8))
-    columns = min(columns, len(tiles))
-    rows = math.ceil(len(tiles) / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(2.3 * columns, 2.65 * rows + 0.6), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for k, (ax, tile) in enumerate(zip(axes.flat, tiles)):
-        ax.imshow(tile)
-        ax.set_title("original" if k == 0 else f"draw {k}", fontsize=9)
-    fig.suptitle("\n".join(["Augmentation preview: one image under random draws"]
-                           + ([wrap_label(description, 90, 2)] if description else [])), fontsize=10)
-    fig.tight_layout()
-    return save_figure(fig, path)
-
-
-def preview_dataset(data_dir, out, augment="standard", image_size: int = 160, seed: int = 42,
-                    draws: int = AUGMENTATION_DRAWS, image=None) -> dict:
-    """samples.png and augmentation.png for a data folder, before any training.
-
-    `image` picks the image to augment (default: a seeded pick from the samples).
-    Only `out` is written; the data folder is only read.
-    """
-    from transferkit.augment import build_augmentation_layers, resolve_augmentation
-
-    augmentation = resolve_augmentation(augment)
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 32:
-        raise ConfigError(f"image_size must be an integer >= 32, got {image_size!r}.")
-    files = data.list_class_folders(data_dir)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"Output '{out}' is a file; pass a folder for the preview images.")
-    if out.resolve().is_relative_to(Path(data_dir).resolve()):
-        raise ConfigError(f"Output '{out}' lies inside the data folder '{data_dir}', which is never written; "
-                          "pass another folder.")
-    samples = plot_samples(files, out / "samples.png", image_size, seed=seed)
-    source = str(image) if image is not None else samples[0]
-    result = {
-        "classes": list(files.classes),
-        "class_counts": files.class_counts(),
-        "images": len(files),
-        "samples": str(out / "samples.png"),
-        "augmented_image": source,
-        "augmentation": None,
-    }
-    augmenter = build_augmentation_layers(augmentation, seed) if augmentation.active else None
-    if augmenter is None:
-        logger.warning("The augmentation is 'none', so there is no augmentation preview to draw.")
-        return result
-    try:
-        pixels = data.load_image(source, image_size)
-    except Exception as error:  # noqa: BLE001
-        raise DataError(f"Cannot read image '{source}' for the augmentation preview: {error}") from error
-    plot_augmentation_preview(augmenter, pixels, out / "augmentation.png", draws,
-                              describe_augmentation(dataclasses.asdict(augmentation)))
-    result["augmentation"] = str(out / "augmentation.png")
-    return result
-
-
-# -- the report --------------------------------------------------------------------------
 
 
 CSS = """
@@ -263,9 +142,9 @@ def _card(value: str, label: str) -> str:
     return f'<div class="card"><b>{html.escape(value)}</b><span>{html.escape(label)}</span></div>'
 
 
-def _config_section(classifier) -> str:
-    params = {k: v for k, v in classifier.get_params().items() if k != "verbose"}
-    resolved = dict(getattr(classifier, "resolved_settings_", {}) or {})
+def _config_section(trained: TrainedModel) -> str:
+    params = {k: v for k, v in trained.params.items() if k != "verbose"}
+    resolved = dict(trained.resolved)
     if isinstance(resolved.get("augmentation"), dict):
         resolved["augmentation"] = describe_augmentation(resolved["augmentation"])
 
@@ -281,20 +160,20 @@ def _config_section(classifier) -> str:
             + "<h3>Resolved at training time</h3>" + grid(resolved))
 
 
-def _data_section(classifier) -> str:
-    summary = getattr(classifier, "data_summary_", {}) or {}
+def _data_section(trained) -> str:
+    summary = trained.data_summary
     train_counts = summary.get("train_class_counts", {})
     val_counts = summary.get("val_class_counts", {})
     largest = max([*train_counts.values(), *val_counts.values(), 1])
     rows = []
-    for name in classifier.classes_:
+    for name in trained.classes:
         n_train, n_val = train_counts.get(name, 0), val_counts.get(name, 0)
         bar = f'<span class="bar" style="width:{120 * n_train / largest:.0f}px"></span>'
         rows.append((html.escape(name), str(n_train), str(n_val), str(n_train + n_val), bar))
     rows.append(("<b>total</b>", str(sum(train_counts.values())), str(sum(val_counts.values())),
                  str(sum(train_counts.values()) + sum(val_counts.values())), ""))
     source = summary.get("data_dir", "?")
-    validation = summary.get("val_dir") or f"a stratified {classifier.val_split:.0%} of each class (seed {classifier.seed})"
+    validation = summary.get("val_dir") or f"a stratified {trained.params.get('val_split', 0.2):.0%} of each class (seed {trained.seed})"
     return (
         f'<p class="note">Data: <code>{html.escape(str(source))}</code>; validation: {html.escape(str(validation))}.</p>'
         + _table(["class", "training", "validation", "total", "training images"], rows, numeric=(1, 2, 3))
@@ -340,15 +219,15 @@ def _misclassified_section(result: evaluation.Evaluation, report: _Report) -> st
                 f"{len(wrong)} of {len(result.paths)} validation images misclassified, highest loss first.") + table
 
 
-def _gradcam_section(classifier, result: evaluation.Evaluation, report: _Report, count: int) -> str:
-    from transferkit.explain import explain_images, plot_gradcam_panel
+def _gradcam_section(trained, result: evaluation.Evaluation, report: _Report, count: int) -> str:
+    from transferkit.analysis.explain import explain_images, plot_gradcam_panel
 
     wrong = list(result.misclassified()[: count // 2])
     right = np.flatnonzero(result.predicted == result.labels)
-    rng = np.random.default_rng(classifier.seed)
+    rng = np.random.default_rng(trained.seed)
     fill = rng.choice(right, size=min(count - len(wrong), len(right)), replace=False).tolist() if len(right) else []
     chosen = wrong + sorted(fill)
-    explanations = explain_images(classifier, [result.paths[i] for i in chosen])
+    explanations = explain_images(trained, [result.paths[i] for i in chosen])
     truth = {result.paths[i]: result.classes[result.labels[i]] for i in chosen}
     path = report.figure_path("gradcam")
     plot_gradcam_panel(explanations, path, [truth[e.path] for e in explanations])
@@ -357,21 +236,21 @@ def _gradcam_section(classifier, result: evaluation.Evaluation, report: _Report,
             + _img(path, "Grad-CAM overlays"))
 
 
-def _activations_section(classifier, result: evaluation.Evaluation, report: _Report) -> str:
-    from transferkit.explain import activation_grids, plot_activation_grid
-    from transferkit.reports import plot_image_grid
+def _activations_section(trained, result: evaluation.Evaluation, report: _Report) -> str:
+    from transferkit.analysis.explain import activation_grids, plot_activation_grid
+    from transferkit.analysis.figures import plot_image_grid
 
     correct = np.flatnonzero(result.predicted == result.labels)
     index = int(correct[0]) if len(correct) else 0
     image_path = result.paths[index]
-    grids = activation_grids(classifier, image_path)
+    grids = activation_grids(trained, image_path)
     parts = [
         f'<p class="note">Feature maps of <code>{html.escape(Path(image_path).name)}</code> '
         f"(true class {html.escape(result.classes[result.labels[index]])}) from early, middle and late in the "
         "backbone: edges and colours first, then parts, then whole-object detectors at coarse resolution.</p>"
     ]
     input_path = report.figure_path("activation_input")
-    plot_image_grid([data.load_image(image_path, classifier.image_size_)], ["input, as the model sees it"],
+    plot_image_grid([data.load_image(image_path, trained.image_size)], ["input, as the model sees it"],
                     input_path)
     parts.append(_img(input_path, "activation input image"))
     for grid in grids:
@@ -382,58 +261,55 @@ def _activations_section(classifier, result: evaluation.Evaluation, report: _Rep
     return "".join(parts)
 
 
-def _sample_section(classifier, run_dir: Path, report: _Report) -> str:
+def _sample_section(trained, run_dir: Path, report: _Report) -> str:
     existing = run_dir / "samples.png"
     if existing.is_file():
         return _img(existing, "sample grid", "Training images with their labels, as the model sees them.")
-    files = classifier.train_files_ if getattr(classifier, "train_files_", None) is not None else \
-        evaluation.read_split(run_dir, "train", classifier.classes_)
+    files = trained.split("train", run_dir)
     path = report.figure_path("samples")
-    plot_samples(files, path, classifier.image_size_, seed=classifier.seed)
+    plot_samples(files, path, trained.image_size, seed=trained.seed)
     return _img(path, "sample grid", "Training images with their labels, as the model sees them.")
 
 
-def _augmentation_section(classifier, result: evaluation.Evaluation, report: _Report, draws: int) -> str:
-    description = describe_augmentation((getattr(classifier, "resolved_settings_", {}) or {}).get("augmentation"))
+def _augmentation_section(trained, result: evaluation.Evaluation, report: _Report, draws: int) -> str:
+    description = describe_augmentation(trained.resolved.get("augmentation"))
     try:
-        augmenter = classifier.model_.get_layer("augmentation")
+        augmenter = trained.model.get_layer("augmentation")
     except ValueError:
         return f'<p class="note">No augmentation configured ({html.escape(description)}): the model sees the images as they are.</p>'
     path = report.figure_path("augmentation")
-    plot_augmentation_preview(augmenter, data.load_image(result.paths[0], classifier.image_size_), path, draws,
+    plot_augmentation_preview(augmenter, data.load_image(result.paths[0], trained.image_size), path, draws,
                               description)
     return _img(path, "augmentation preview",
                 f"The model's own augmentation block, called with training=True: {description}.")
 
 
-def _curves_section(classifier, report: _Report) -> str:
-    from transferkit.reports import plot_learning_curves
+def _curves_section(trained, report: _Report) -> str:
+    from transferkit.analysis.figures import plot_learning_curves
 
-    if not classifier.history_:
+    if not trained.history:
         return '<p class="note">No training history recorded.</p>'
     path = report.figure_path("learning_curves")
-    plot_learning_curves(classifier.history_, classifier.fine_tune_start_epoch_, path)
-    stage2 = classifier.fine_tune_start_epoch_
+    plot_learning_curves(trained.history, trained.fine_tune_start_epoch, path)
+    stage2 = trained.fine_tune_start_epoch
     note = (f"Stage 1 trains the head on the frozen backbone; fine-tuning starts at epoch {stage2} (dashed line)."
             if stage2 else "Stage 1 only (head on the frozen backbone); no fine-tuning stage was run.")
-    results = getattr(classifier, "results_", {}) or {}
+    results = trained.results
     if results.get("best_epoch"):
         note += f" The weights kept are those of epoch {results['best_epoch']}, the lowest validation loss."
     return _img(path, "learning curves", note)
 
 
-def write_report(classifier, run_dir=None, *, gradcam_images: int = GRADCAM_IMAGES,
+def write_report(trained, run_dir=None, *, gradcam_images: int = GRADCAM_IMAGES,
                  draws: int = AUGMENTATION_DRAWS) -> Path:
-    """Build `run_dir/report.html` for a trained (or reloaded) classifier; returns its path.
+    """Build `run_dir/report.html` for a trained (or reloaded) model; returns its path.
 
     Only report.html is written; figures are made in a scratch folder and embedded.
     """
-    if not hasattr(classifier, "model_"):
-        raise ConfigError("This ImageClassifier is not trained yet: call fit() or ImageClassifier.load().")
     for name, value in (("gradcam_images", gradcam_images), ("draws", draws)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
-    run_dir = run_dir or getattr(classifier, "run_dir_", None) or (getattr(classifier, "results_", {}) or {}).get("run_dir")
+    run_dir = run_dir or trained.run_dir
     if not run_dir:
         raise ConfigError("No run directory given: pass the run folder the report belongs in.")
     run_dir = rundir.check_run_dir(run_dir)
@@ -441,7 +317,7 @@ def write_report(classifier, run_dir=None, *, gradcam_images: int = GRADCAM_IMAG
     with tempfile.TemporaryDirectory(prefix="transferkit-report-") as scratch:
         report = _Report(Path(scratch))
         try:
-            result = evaluation.evaluate_files(classifier, evaluation.validation_files(classifier, run_dir),
+            result = evaluation.evaluate_files(trained, trained.split("validation", run_dir),
                                                source="validation split")
             metrics, failure = result.metrics(), None
         except (TransferkitError, OSError) as error:  # the rest of the report is still worth having
@@ -455,12 +331,12 @@ def write_report(classifier, run_dir=None, *, gradcam_images: int = GRADCAM_IMAG
                 return build()
             return run
 
-        report.section("config", "Configuration", lambda: _config_section(classifier))
-        report.section("data", "Dataset", lambda: _data_section(classifier))
-        report.section("samples", "Sample images", lambda: _sample_section(classifier, run_dir, report))
+        report.section("config", "Configuration", lambda: _config_section(trained))
+        report.section("data", "Dataset", lambda: _data_section(trained))
+        report.section("samples", "Sample images", lambda: _sample_section(trained, run_dir, report))
         report.section("augmentation", "Augmentation preview",
-                       validated(lambda: _augmentation_section(classifier, result, report, draws)))
-        report.section("curves", "Learning curves", lambda: _curves_section(classifier, report))
+                       validated(lambda: _augmentation_section(trained, result, report, draws)))
+        report.section("curves", "Learning curves", lambda: _curves_section(trained, report))
         report.section("metrics", "Validation metrics", validated(lambda: _metrics_section(result)))
 
         def confusion():
@@ -474,20 +350,19 @@ def write_report(classifier, run_dir=None, *, gradcam_images: int = GRADCAM_IMAG
 
         report.section("confusion", "Confusion matrix", validated(confusion))
         report.section("misclassified", "Misclassified images", validated(lambda: _misclassified_section(result, report)))
-        report.section("gradcam", "Grad-CAM", validated(lambda: _gradcam_section(classifier, result, report, gradcam_images)))
-        report.section("activations", "Activations", validated(lambda: _activations_section(classifier, result, report)))
-        page = _page(classifier, run_dir, metrics, report.sections)
+        report.section("gradcam", "Grad-CAM", validated(lambda: _gradcam_section(trained, result, report, gradcam_images)))
+        report.section("activations", "Activations", validated(lambda: _activations_section(trained, result, report)))
+        page = _page(trained, run_dir, metrics, report.sections)
     path = run_dir / REPORT_FILE
     rundir.write_text(path, page)
     return path
 
 
-def _page(classifier, run_dir: Path, metrics: dict, sections) -> str:
-    results = getattr(classifier, "results_", {}) or {}
-    resolved = getattr(classifier, "resolved_settings_", {}) or {}
+def _page(trained, run_dir: Path, metrics: dict, sections) -> str:
+    results, resolved = trained.results, trained.resolved
     title = f"transferkit run: {run_dir.resolve().name}"
-    summary = (f"{classifier.backbone} at {resolved.get('image_size', classifier.image_size_)} px, "
-               f"{len(classifier.classes_)} classes")
+    summary = (f"{trained.backbone} at {resolved.get('image_size', trained.image_size)} px, "
+               f"{len(trained.classes)} classes")
     if metrics is not None:
         summary += f", validation accuracy {metrics['accuracy']:.1%} on {metrics['images']} images"
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -495,13 +370,13 @@ def _page(classifier, run_dir: Path, metrics: dict, sections) -> str:
     body = "".join(f'<section id="{key}"><h2>{html.escape(name)}</h2>{content}</section>'
                    for key, name, content in sections)
     seconds = results.get("seconds")
-    trained = f"; training took {seconds:.0f} s" if isinstance(seconds, (int, float)) else ""
+    took = f"; training took {seconds:.0f} s" if isinstance(seconds, (int, float)) else ""
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
-        f"<header><h1>{html.escape(title)}</h1><p>{html.escape(summary)}{html.escape(trained)}. "
-        f"Classes: {html.escape(', '.join(classifier.classes_))}. Report written {stamp} from "
+        f"<header><h1>{html.escape(title)}</h1><p>{html.escape(summary)}{html.escape(took)}. "
+        f"Classes: {html.escape(', '.join(trained.classes))}. Report written {stamp} from "
         f"<code>{html.escape(str(run_dir))}</code>.</p></header>"
         f"<nav>{nav}</nav><main>{body}</main></body></html>\n"
     )

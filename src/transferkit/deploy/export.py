@@ -17,6 +17,7 @@ input spec and the SHA-256 of the model.keras it was made from.
 
 from __future__ import annotations
 
+import contextlib
 import atexit
 import csv
 import hashlib
@@ -35,16 +36,14 @@ from typing import Sequence
 
 import numpy as np
 
-from transferkit import data, rundir
+from transferkit import data
+from transferkit.runs import folder as rundir
+from transferkit.runs.lock import run_folder_lock
+from transferkit.runs.trained import TrainedModel
 from transferkit.errors import ConfigError, DataError, RunDirError
-from transferkit.serve import (
-    INFO_SUFFIX,
-    LABELS_SUFFIX,
-    METADATA_NAME,
-    Predictor,
-    _quiet_native_stderr,
-    evenly_spaced,
-    sidecar,
+from transferkit.deploy.runtimes import (
+    INFO_SUFFIX, LABELS_SUFFIX, METADATA_NAME, classes_of_export, export_kind, open_export, predict_files,
+    quiet_native_stderr, sidecar,
 )
 
 logger = logging.getLogger("transferkit")
@@ -100,23 +99,22 @@ def export_model(run_dir, format: str, out=None, *, calibration_images=DEFAULT_C
     run's training / validation images, or image files and folders; `parity_images=None`
     checks on every validation image.
     """
-    from transferkit.api import ImageClassifier
-
     check_format(format)
     rundir.read_config(run_dir)  # RunDirError before anything heavy
-    classifier = ImageClassifier.load(run_dir)
-    return export_classifier(classifier, format, out, run_dir=run_dir, calibration_images=calibration_images,
-                             parity_images=parity_images, overwrite=overwrite)
+    inside_run = out is None or Path(run_dir).resolve() in Path(out).resolve().parents
+    with run_folder_lock(run_dir, "export") if inside_run else contextlib.nullcontext():
+        return export_trained(TrainedModel.load(run_dir), format, out, calibration_images=calibration_images,
+                              parity_images=parity_images, overwrite=overwrite)
 
 
-def export_classifier(classifier, format: str, out=None, *, run_dir=None,
-                      calibration_images=DEFAULT_CALIBRATION_IMAGES, parity_images=None,
-                      overwrite: bool = False, model_digest: str | None = None) -> ExportResult:
-    """`export_model` for a fitted or loaded `ImageClassifier`; `run_dir` is where its
-    split.csv and model.keras are (not needed when it was fitted in this process and `out` is given)."""
+def export_trained(trained: TrainedModel, format: str, out=None, *, run_dir=None,
+                   calibration_images=DEFAULT_CALIBRATION_IMAGES, parity_images=None,
+                   overwrite: bool = False, model_digest: str | None = None) -> ExportResult:
+    """`export_model` for a `TrainedModel`; `run_dir` (default: the model's own) is where its
+    split.csv and model.keras are (not needed when it was trained in this process and `out` is given)."""
     started = time.perf_counter()
     check_format(format)
-    classifier._check_fitted()
+    run_dir = run_dir or trained.run_dir
     if not isinstance(overwrite, bool):
         raise ConfigError(f"overwrite must be True or False, got {overwrite!r}.")
     if run_dir is not None:
@@ -126,27 +124,27 @@ def export_classifier(classifier, format: str, out=None, *, run_dir=None,
         _check_onnx_packages()
     calibration = selection = []
     if format == "tflite-int8":
-        calibration = _image_list(calibration_images, classifier, run_dir, "train", "calibration_images")
-        selection = (_image_list(INT8_SELECTION_IMAGES, classifier, run_dir, "train", "calibration_images")
+        calibration = _image_list(calibration_images, trained, run_dir, "train", "calibration_images")
+        selection = (_image_list(INT8_SELECTION_IMAGES, trained, run_dir, "train", "calibration_images")
                      if calibration_images is None or isinstance(calibration_images, int) else calibration)
-    check_paths = _image_list(parity_images, classifier, run_dir, "validation", "parity_images")
+    check_paths = _image_list(parity_images, trained, run_dir, "validation", "parity_images")
     if model_digest is None and run_dir is not None:
         model_digest = data.file_digest(Path(run_dir) / rundir.MODEL_FILE)
 
-    model = inference_model(classifier.model_)
+    model = inference_model(trained.model)
     threshold = PARITY_THRESHOLDS.get(format, FLOAT_PARITY_THRESHOLD)
-    metadata = _metadata(classifier, format, model_digest)
+    metadata = _metadata(trained, format, model_digest)
     quantization = None
     if format == "savedmodel":
-        _write_savedmodel(classifier.model_, model, out)
+        _write_savedmodel(trained.model, model, out)
     elif format == "onnx":
         _write_onnx(model, out, metadata)
     else:
-        quantization = _write_tflite(classifier.model_, model, out, format, metadata, calibration, selection, threshold)
+        quantization = _write_tflite(trained.model, model, out, format, metadata, calibration, selection, threshold)
     labels_path = sidecar(out, LABELS_SUFFIX, folder=format == "savedmodel")
-    rundir.write_text(labels_path, "\n".join(classifier.classes_) + "\n")
+    rundir.write_text(labels_path, "\n".join(trained.classes) + "\n")
 
-    parity = parity_check(classifier, out, check_paths, threshold)
+    parity = parity_check(trained, out, check_paths, threshold)
     size_bytes = _size_of(out)
     info_path = sidecar(out, INFO_SUFFIX, folder=format == "savedmodel")
     rundir.write_json(info_path, {
@@ -175,7 +173,7 @@ def _output_path(format: str, out, run_dir, overwrite: bool) -> Path:
     """Where the export goes; refuses a wrong suffix, or an existing target unless `overwrite`."""
     if out is None:
         if run_dir is None:
-            raise ConfigError("Pass out=... : this classifier has no run folder to export into.")
+            raise ConfigError("Pass out=... : this model has no run folder to export into.")
         out = Path(run_dir) / EXPORT_DIR / DEFAULT_NAMES[format]
     out = Path(out)
     if format == "savedmodel":
@@ -209,39 +207,23 @@ def _check_onnx_packages() -> None:
         ) from error
 
 
-def _image_list(spec, classifier, run_dir, split: str, name: str) -> list[str]:
+def _image_list(spec, trained: TrainedModel, run_dir, split: str, name: str) -> list[str]:
     """Image paths from a count of the run's `split` images (None: all), or files/folders."""
-    from transferkit.api import expand_image_paths
-
     if spec is None or (isinstance(spec, int) and not isinstance(spec, bool)):
         if spec is not None and spec < 1:
             raise ConfigError(f"{name} must be a positive number of images, image files or folders, got {spec!r}.")
-        paths = [p for p in _split_paths(classifier, run_dir, split) if os.path.isfile(p)]
+        paths = [p for p in trained.split(split, run_dir).paths if os.path.isfile(p)]
         if not paths:
             raise DataError(
                 f"None of the run's {split} images exists any more (see split.csv); pass {name} as image files or a folder."
             )
-        return evenly_spaced(paths, spec)
+        return data.evenly_spaced(paths, spec)
     if isinstance(spec, (str, os.PathLike)) or (isinstance(spec, Sequence) and not isinstance(spec, bytes)):
-        paths = expand_image_paths(spec)
+        paths = data.expand_image_paths(spec)
         if not paths:
             raise DataError(f"{name} names no image files: {spec!r}.")
         return paths
     raise ConfigError(f"{name} must be a positive number of images, image files or folders, got {spec!r}.")
-
-
-def _split_paths(classifier, run_dir, split: str) -> list[str]:
-    from transferkit.evaluation import read_split
-
-    files = getattr(classifier, "train_files_" if split == "train" else "val_files_", None)
-    if files is not None:
-        return list(files.paths)
-    if run_dir is None:
-        raise ConfigError(
-            f"This classifier has no run folder with a split.csv to take {split} images from; "
-            "pass the images (files or a folder) instead."
-        )
-    return list(read_split(run_dir, split, classifier.classes_).paths)
 
 
 # -- the model that is exported ----------------------------------------------------------
@@ -265,22 +247,22 @@ def inference_model(model):
     return stripped
 
 
-def _metadata(classifier, format: str, model_digest: str | None) -> dict:
+def _metadata(trained, format: str, model_digest: str | None) -> dict:
     from transferkit import __version__
 
-    size = int(classifier.image_size_)
-    two = len(classifier.classes_) == 2
+    size = int(trained.image_size)
+    two = len(trained.classes) == 2
     return {
         "format": format,
-        "classes": list(classifier.classes_),
+        "classes": list(trained.classes),
         "image_size": size,
         "input": {
             "name": "image", "dtype": "float32", "shape": [None, size, size, 3],
             "pixels": "RGB 0-255, resized to image_size x image_size; the model normalises them itself",
         },
-        "output": (f"shape [batch, 1]: probability of {classifier.classes_[1]!r} (sigmoid)" if two
-                   else f"shape [batch, {len(classifier.classes_)}]: softmax over classes"),
-        "backbone": classifier.backbone,
+        "output": (f"shape [batch, 1]: probability of {trained.classes[1]!r} (sigmoid)" if two
+                   else f"shape [batch, {len(trained.classes)}]: softmax over classes"),
+        "backbone": trained.backbone,
         "model_digest": model_digest,
         "transferkit_version": __version__,
     }
@@ -306,7 +288,7 @@ def _saved_model_dir(original, model) -> Path:
     if key not in _SAVED_MODELS:
         _clear_saved_models()
         folder = tempfile.mkdtemp(prefix="transferkit-savedmodel-")
-        with _quiet_native_stderr():
+        with quiet_native_stderr():
             model.export(folder, format="tf_saved_model", verbose=False)
         _SAVED_MODELS[key] = folder
     return Path(_SAVED_MODELS[key])
@@ -345,7 +327,7 @@ def _write_tflite(original, model, out: Path, format: str, metadata: dict, calib
     converter = tf.lite.TFLiteConverter.from_saved_model(str(_saved_model_dir(original, model)))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     summary = None
-    with _quiet_native_stderr(), warnings.catch_warnings():
+    with quiet_native_stderr(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated")  # the debugger's
         if format == "tflite-int8":
             flatbuffer, summary = _int8_flatbuffer(converter, model, calibration, selection, threshold)
@@ -432,8 +414,8 @@ def _decoded(paths: list[str], size: int) -> np.ndarray:
 
 
 def _top1_agreement(flatbuffer: bytes, images: np.ndarray, expected: np.ndarray) -> float:
-    from transferkit.model import to_class_probabilities
-    from transferkit.serve import TFLiteRuntime
+    from transferkit.modeling.classifier import to_class_probabilities
+    from transferkit.deploy.runtimes import TFLiteRuntime
 
     runtime = TFLiteRuntime(flatbuffer, num_threads=None)
     classes = max(2, expected.shape[1])
@@ -476,7 +458,7 @@ def _write_onnx(model, out: Path, metadata: dict) -> None:
     import onnx
 
     with rundir.atomic_path(out) as tmp:
-        with _quiet_native_stderr(), warnings.catch_warnings():
+        with quiet_native_stderr(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning)  # Keras's numpy-2 patch of tf2onnx
             model.export(tmp, format="onnx", verbose=False)
         proto = onnx.load(tmp)
@@ -493,13 +475,15 @@ def _size_of(path: Path) -> int:
 # -- the parity check ----------------------------------------------------------------------
 
 
-def parity_check(classifier, export_path, paths: Sequence[str], threshold: float) -> dict:
+def parity_check(trained, export_path, paths: Sequence[str], threshold: float) -> dict:
     """Top-1 agreement of the export with the Keras model on `paths` (readable ones)."""
-    expected = classifier.predict_proba(paths)
-    predictor = Predictor(export_path)
-    if list(predictor.classes) != list(classifier.classes_):
-        raise RunDirError(f"'{export_path}' names classes {predictor.classes}, not {classifier.classes_}.")
-    got = predictor.predict_proba(paths)
+    expected = trained.predict_proba(paths)
+    kind = export_kind(export_path)
+    classes = classes_of_export(Path(export_path), kind)
+    if list(classes) != list(trained.classes):
+        raise RunDirError(f"'{export_path}' names classes {classes}, not {trained.classes}.")
+    got, stats = predict_files(open_export(export_path, kind), list(paths), trained.image_size, len(classes),
+                               source=export_path)
     readable = ~(np.isnan(expected).any(axis=1) | np.isnan(got).any(axis=1))
     if not readable.any():
         raise DataError(f"None of the {len(paths)} parity-check images could be decoded.")
@@ -513,6 +497,6 @@ def parity_check(classifier, export_path, paths: Sequence[str], threshold: float
         "passed": agreement >= threshold,
         "max_abs_difference": round(float(np.abs(expected[readable] - got[readable]).max()), 6),
         "disagreements": [p for p, s in zip(checked, same) if not s],
-        "runtime": predictor.last_stats.get("description"),
-        "images_per_second": predictor.last_stats.get("images_per_second"),
+        "runtime": stats.get("description"),
+        "images_per_second": stats.get("images_per_second"),
     }

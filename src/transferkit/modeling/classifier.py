@@ -18,8 +18,8 @@ from typing import Sequence
 
 import keras
 
-from transferkit.augment import Augmentation, build_augmentation_layers
-from transferkit.backbones import Backbone, build_backbone, get_backbone
+from transferkit.modeling.augment import Augmentation, build_augmentation_layers
+from transferkit.modeling.backbones import Backbone, build_backbone, get_backbone
 from transferkit.errors import ConfigError
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from transferkit import data, rundir  # noqa: E402
+from transferkit import data  # noqa: E402
+from transferkit.runs import folder as rundir
+from transferkit.runs.trained import TrainedModel
 from transferkit.errors import ConfigError, DataError, RunDirError  # noqa: E402
 
 logger = logging.getLogger("transferkit")
@@ -117,72 +118,6 @@ def labelled_folder(data_dir, classes: Sequence[str], allow_class_subset: bool =
     return data.LabelledFiles(tuple(paths), tuple(labels), tuple(classes)), missing, extra
 
 
-def _resolve_split_path(path: str, class_name: str, roots: Sequence[str]) -> str:
-    """A split.csv path as written, or re-anchored on the run's data folder.
-
-    Paths are stored as training saw them; a relative one only resolves from the
-    folder training ran in, so it is also tried below the recorded data folder,
-    from the class folder down.
-    """
-    if os.path.isabs(path) or os.path.exists(path):
-        return path
-    parts = Path(path).parts
-    for root in roots:
-        for start in (i for i, part in enumerate(parts) if part == class_name):
-            candidate = Path(root, *parts[start:])
-            if candidate.exists():
-                return str(candidate)
-    return path
-
-
-def read_split(run_dir, split: str = VALIDATION, classes: Sequence[str] | None = None) -> data.LabelledFiles:
-    """The files of one split recorded in a run's split.csv, in their recorded order."""
-    if split not in data.SPLITS:
-        raise ConfigError(f"split must be one of {list(data.SPLITS)}, got {split!r}.")
-    run_dir = rundir.check_run_dir(run_dir)
-    path = run_dir / rundir.SPLIT_FILE
-    if not path.is_file():
-        raise RunDirError(
-            f"'{run_dir}' has no {rundir.SPLIT_FILE}, so its {split} split cannot be reproduced. "
-            "Pass a labelled DATA_DIR to evaluate on instead."
-        )
-    if classes is None:
-        classes = rundir.read_classes(run_dir)
-    rows = rundir.read_csv(path)
-    if rows and not {"path", "class", "split"} <= set(rows[0]):
-        raise RunDirError(f"'{path}' lacks the columns path, class, split; the run is damaged.")
-    config = rundir.read_config(run_dir)
-    roots = [r for r in (config.get("data", {}).get("val_dir"), config.get("data", {}).get("data_dir")) if r]
-    paths, labels = [], []
-    for row in rows:
-        if row["split"] != split:
-            continue
-        if row["class"] not in classes:
-            raise RunDirError(
-                f"'{path}' names class {row['class']!r}, which is not among the run's classes "
-                f"{list(classes)}; the run is damaged."
-            )
-        paths.append(_resolve_split_path(row["path"], row["class"], roots))
-        labels.append(list(classes).index(row["class"]))
-    if not paths:
-        raise RunDirError(f"'{path}' lists no {split} files.")
-    return data.LabelledFiles(tuple(paths), tuple(labels), tuple(classes))
-
-
-def validation_files(classifier, run_dir=None, split: str = VALIDATION) -> data.LabelledFiles:
-    """The classifier's validation (or test) set: kept from fit(), or rebuilt from a run's split.csv."""
-    kept = getattr(classifier, "val_files_" if split == VALIDATION else "test_files_", None)
-    if kept is not None and len(kept):
-        return kept
-    run_dir = run_dir or getattr(classifier, "run_dir_", None) or getattr(classifier, "results_", {}).get("run_dir")
-    if not run_dir:
-        raise ConfigError(
-            "No validation split is known for this classifier: pass a labelled data folder, "
-            "or the run directory it was loaded from."
-        )
-    return read_split(run_dir, split, classifier.classes_)
-
-
 # -- the evaluation --------------------------------------------------------------------
 
 
@@ -246,15 +181,15 @@ class Evaluation:
 
 
 def evaluate_files(
-    classifier, files: data.LabelledFiles, batch_size: int | None = None, source: str = "",
+    trained: TrainedModel, files: data.LabelledFiles, batch_size: int | None = None, source: str = "",
     missing_classes: Sequence[str] = (), extra_classes: Sequence[str] = (),
 ) -> Evaluation:
-    """Predict every file of `files` (labels index the classifier's classes)."""
-    if tuple(files.classes) != tuple(classifier.classes_):
+    """Predict every file of `files` (labels index the model's classes)."""
+    if tuple(files.classes) != tuple(trained.classes):
         raise ConfigError(
-            f"The files are labelled with classes {list(files.classes)}, the model has {classifier.classes_}."
+            f"The files are labelled with classes {list(files.classes)}, the model has {trained.classes}."
         )
-    probabilities = classifier.predict_proba(list(files.paths), batch_size)
+    probabilities = trained.predict_proba(list(files.paths), batch_size)
     readable = ~np.isnan(probabilities).any(axis=1)
     unreadable = [p for p, ok in zip(files.paths, readable) if not ok]
     if unreadable:
@@ -264,7 +199,7 @@ def evaluate_files(
     probabilities = probabilities[readable]
     probabilities = probabilities / probabilities.sum(axis=1, keepdims=True)  # float32 softmax drift
     return Evaluation(
-        classes=tuple(classifier.classes_),
+        classes=tuple(trained.classes),
         paths=[p for p, ok in zip(files.paths, readable) if ok],
         labels=np.asarray(files.labels, dtype=int)[readable],
         probabilities=probabilities,

@@ -1,0 +1,77 @@
+"""`transferkit predict`: label images with a run folder or an exported model."""
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from transferkit.errors import ConfigError
+from transferkit.cli.app import command, err, out, setup_logging
+
+
+@command()
+def predict(
+    run_dir: Path = typer.Argument(..., help="A run folder written by `transferkit train`, or a model written by `transferkit export` (.tflite file, SavedModel folder, .onnx file).", show_default=False),
+    inputs: List[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively).", show_default=False),
+    top_k: int = typer.Option(1, help="Show the k most probable classes per image."),
+    batch_size: Optional[int] = typer.Option(None, help="Images per inference batch (default: 8 for TFLite, 32 otherwise).", show_default=False),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
+    as_csv: bool = typer.Option(False, "--csv", help="Print CSV instead of a table."),
+    explain_dir: Optional[Path] = typer.Option(None, "--explain", help="Also write a Grad-CAM overlay per image (predicted class) into this folder.", show_default=False),
+    runtime: str = typer.Option("auto", help="auto: the fastest available (for a run folder, a TFLite copy that passed the parity check, else Keras); or keras, tflite, savedmodel, onnx."),
+):
+    """Label each image with the trained classifier (label and confidence); images/s on stderr."""
+    setup_logging(quiet=False)
+    from transferkit.deploy.predictor import Predictor
+
+    predictor = Predictor(run_dir, runtime=runtime, verbose=0 if (as_json or as_csv) else 1)
+    if explain_dir is not None and predictor.classifier is None:
+        raise ConfigError("--explain (Grad-CAM) needs the Keras model: pass the run folder, not an exported model.")
+    predictions = predictor.predict(inputs, top_k=top_k, batch_size=batch_size)
+    overlays = _explain_predictions(predictor.classifier, predictions, explain_dir)
+    if as_json:
+        print(json.dumps([
+            {"path": p.path, "label": p.label, "confidence": p.confidence,
+             "top_k": [{"label": label, "probability": prob} for label, prob in p.top_k],
+             **({"gradcam": overlays.get(p.path)} if explain_dir is not None else {})}
+            for p in predictions
+        ], indent=2))
+    elif as_csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["path", "label", "confidence"] + [f"top{i + 1}" for i in range(1, top_k)])
+        for p in predictions:
+            writer.writerow([p.path, p.label, f"{p.confidence:.6f}"] + [f"{label}:{prob:.6f}" for label, prob in p.top_k[1:]])
+    else:
+        table = Table("path", "label", "confidence", *(["top-k"] if top_k > 1 else []))
+        for p in predictions:
+            extra = [", ".join(f"{label} {prob:.1%}" for label, prob in p.top_k)] if top_k > 1 else []
+            table.add_row(p.path, p.label, f"{p.confidence:.1%}", *extra)
+        out.print(table)
+        out.print(f"{len(predictions)} image(s) classified.")
+    if explain_dir is not None and not as_json:
+        err.print(f"{len(overlays)} Grad-CAM overlay(s) written to {explain_dir}", highlight=False)
+    _print_throughput(predictor)
+
+
+def _print_throughput(predictor) -> None:
+    """images/s of the prediction itself (decoding included), on stderr so --json/--csv stay clean."""
+    stats = predictor.last_stats
+    if predictor.conversion:
+        c = predictor.conversion
+        err.print(f"converted to TFLite once in {c['seconds']:.1f} s (top-1 agreement with Keras "
+                  f"{c['parity']['agreement']:.1%} on {c['parity']['images']} images), cached: {c['path']}", highlight=False,
+                  soft_wrap=True)
+    if stats.get("images_per_second"):
+        err.print(f"{stats['images']} image(s) in {stats['seconds']:.2f} s: {stats['images_per_second']:.1f} images/s "
+                  f"({stats['description']}, batch {stats['batch_size']})", highlight=False, soft_wrap=True)
+
+
+def _explain_predictions(classifier, predictions, explain_dir) -> dict:
+    """Grad-CAM overlays for the predicted class of each classified image: {path: overlay path}."""
+    if explain_dir is None or not predictions:
+        return {}
+    return {e.path: e.overlay_path for e in classifier.explain([p.path for p in predictions], out=explain_dir)}

@@ -1,0 +1,67 @@
+"""`transferkit train`: the whole job on a folder, into a run folder."""
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from transferkit.cli.app import command, out, pct, setup_logging
+from transferkit.cli.options import DataDir, with_settings
+from transferkit.errors import ConfigError
+from transferkit.settings import DATA, OUTPUT
+
+
+@command()
+@with_settings()
+def train(
+    data_dir: DataDir,
+    settings: dict,
+    out_dir: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Run folder to write (default: runs/<data folder name>, numbered if taken).",
+        rich_help_panel=OUTPUT, show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option(help="Allow writing into a non-empty --out folder.",
+                                            rich_help_panel=OUTPUT)] = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the killed or interrupted run in --out from its last completed epoch, "
+        "with its original settings.", rich_help_panel=OUTPUT)] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the results instead of progress.",
+                                          rich_help_panel=OUTPUT)] = False,
+    val_dir: Annotated[Optional[Path], typer.Option(
+        help="Separate validation folder with the same classes (replaces --val-split).", rich_help_panel=DATA,
+        show_default=False)] = None,
+):
+    """Train a classifier on DATA_DIR: head on a frozen backbone, then fine-tuning; saves a run folder."""
+    from transferkit.api import ImageClassifier
+    from transferkit.runs.folder import next_free_dir
+
+    setup_logging(quiet=as_json)
+    verbose = 0 if as_json else 1
+    if resume:
+        if out_dir is None:
+            raise ConfigError("--resume needs --out: the run folder to continue.")
+        classifier = ImageClassifier.resume(out_dir, verbose=verbose)
+    else:
+        classifier = ImageClassifier(**{**settings, "verbose": verbose})
+        out_dir = out_dir or next_free_dir(Path("runs") / (data_dir.resolve().name or "run"))
+        classifier.fit(data_dir, val_dir=val_dir, out=out_dir, overwrite=overwrite)
+    print_results(classifier.results_, as_json)
+
+
+def print_results(results: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(results))
+        return
+    table = Table(title="transferkit: training finished", show_header=False, title_justify="left")
+    table.add_row("classes", ", ".join(results["classes"]))
+    table.add_row("images", f"{results['train_images']} training, {results['val_images']} validation")
+    table.add_row("val accuracy, head only", pct(results["val_accuracy_stage1"]))
+    table.add_row("val accuracy, final",
+                  f"{pct(results['val_accuracy'])} (best epoch {results['best_epoch']} of {results['epochs_run']})")
+    if results.get("test_images"):
+        table.add_row("test accuracy", f"{pct(results['test_accuracy'])} on {results['test_images']} held-out images")
+    interrupted = " (interrupted with Ctrl-C; --resume continues it)" if results.get("interrupted") else ""
+    table.add_row("time", f"{results['seconds']:.1f} s{interrupted}")
+    table.add_row("run folder", results["run_dir"])
+    out.print(table)

@@ -1,0 +1,95 @@
+"""Decoding with Pillow (the one decoder every entry point uses) and the streaming `tf.data` pipeline."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from transferkit.data.files import DEFAULT_MAX_PIXELS
+from transferkit.errors import DataError
+
+logger = logging.getLogger("transferkit")
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB, transparency composited on white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float32)
+        if image.mode != "F" and array.max() > 255:
+            array = array / 257.0  # 16-bit range onto 8-bit
+        image = Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image(path: str | os.PathLike, size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode one file to a uint8 RGB array; with `size`, its centre size x size square
+    (shorter side resized to `size`, the longer one cropped to it)."""
+    with Image.open(path) as image:
+        if image.width * image.height > max_pixels:
+            raise DataError(
+                f"{path}: {image.width}x{image.height} pixels is above the limit of {max_pixels} "
+                "(a possible decompression bomb); downscale the file to use it."
+            )
+        if size is not None:
+            image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, still >= size
+        image = ImageOps.exif_transpose(image)
+        image = _to_rgb(image)
+        if size is not None and image.size != (size, size):
+            # Keep the aspect ratio and crop the centre, as ImageNet models saw their training
+            # images; squashing distorts shapes (bench/resize_probe.py, BENCHMARKS.md).
+            image = ImageOps.fit(image, (size, size), Image.Resampling.BILINEAR)
+        return np.asarray(image, dtype=np.uint8)
+
+
+def _load_or_flag(path: bytes, size: np.int64) -> tuple[np.ndarray, bool]:
+    try:
+        return load_image(path.decode(), int(size)), True
+    except Exception as error:  # noqa: BLE001 - a bad file must never stop an epoch
+        logger.warning("Skipping unreadable image %s: %s", path.decode(), error)
+        return np.zeros((int(size), int(size), 3), np.uint8), False
+
+
+def make_dataset(
+    paths: Sequence[str],
+    labels: Sequence[int] | None,
+    image_size: int,
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int | None = None,
+    drop_unreadable: bool = True,
+):
+    """A batched `tf.data.Dataset` of float32 (size, size, 3) images in 0-255 (and labels).
+
+    Only paths live in memory; images are decoded in parallel as batches are drawn.
+    Unreadable files are logged and dropped instead of ending the epoch; with
+    `drop_unreadable=False` each element keeps a trailing `ok` flag instead, so a
+    caller can keep predictions aligned with its list of paths.
+    """
+    import tensorflow as tf
+
+    if labels is None:
+        ds = tf.data.Dataset.from_tensor_slices(list(paths))
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((list(paths), np.asarray(labels, np.int32)))
+    if shuffle:
+        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+
+    def decode(path, *label):
+        image, ok = tf.numpy_function(_load_or_flag, [path, image_size], (tf.uint8, tf.bool))
+        image.set_shape((image_size, image_size, 3))
+        return (tf.cast(image, tf.float32), *label, ok)
+
+    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if drop_unreadable:
+        labelled = labels is not None
+        ds = ds.filter(lambda *item: item[-1])
+        ds = ds.map(lambda *item: item[:2] if labelled else item[0])
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

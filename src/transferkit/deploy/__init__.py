@@ -1,0 +1,1 @@
+"""Deployment: export formats, inference runtimes, and the `Predictor` that picks the fastest."""

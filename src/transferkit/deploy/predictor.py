@@ -1,0 +1,221 @@
+"""Prediction with the fastest runtime at hand, from a run folder or an exported model.
+
+`Predictor` takes a run folder (Keras), a `.tflite` file (TFLite with XNNPACK), a
+SavedModel folder or an `.onnx` file (ONNX Runtime), each written by `transferkit
+export`. Images are decoded by Pillow in the parallel `tf.data` pipeline the rest of
+transferkit uses, so every runtime sees the same pixels.
+
+On a run folder, `runtime="auto"` uses a float TFLite copy of the model when one is at
+hand whose top-1 agrees with Keras (the parity check of `export`): `RUN/export/model.tflite`
+from `transferkit export`, or one converted earlier into the cache. TFLite with XNNPACK
+is faster than Keras on a CPU (BENCHMARKS.md), but converting costs seconds that only a
+large call earns back, so a conversion into the cache is only started for calls of at
+least `CONVERT_MIN_IMAGES` images (or runtime="tflite"), then reused.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from transferkit import data
+from transferkit.runs import folder as rundir
+from transferkit.deploy.runtimes import (
+    RUNTIMES, KerasRuntime, TFLiteRuntime, check_onnxruntime, classes_of_export, cpu_threads, export_kind,
+    open_export, predict_files, read_export_info,
+)
+from transferkit.errors import ConfigError, DataError, RunDirError, TransferkitError
+from transferkit.runs.trained import TrainedModel
+
+logger = logging.getLogger("transferkit")
+
+# A run folder without a TFLite copy is converted (once, cached) only for calls this large.
+CONVERT_MIN_IMAGES = 2000
+# Validation images the parity check of a cached conversion looks at, at most.
+CACHE_PARITY_IMAGES = 200
+
+
+@dataclass(frozen=True)
+class Prediction:
+    path: str
+    label: str
+    confidence: float
+    top_k: tuple[tuple[str, float], ...]  # (label, probability), most probable first
+
+
+class Predictor:
+    """Classifies image files with a run folder or an exported model.
+
+    `runtime`: 'auto' (the fastest one available, see the module docstring), or one
+    of 'keras' / 'tflite' (run folder), 'tflite' (.tflite file), 'savedmodel'
+    (SavedModel folder), 'onnx' (.onnx file). After each call, `last_stats` holds the
+    images, seconds and images per second of the prediction itself (decoding
+    included, loading and conversion not) and the runtime that ran it.
+    """
+
+    def __init__(self, source, runtime: str = "auto", *, num_threads: int | None = None,
+                 cache_dir: str | os.PathLike | None = None, verbose: int = 0):
+        if runtime not in RUNTIMES:
+            raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}.")
+        if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1):
+            raise ConfigError(f"num_threads must be a positive integer or None, got {num_threads!r}.")
+        source = Path(source)
+        kind = export_kind(source)
+        if kind is None:
+            hint = "Or pass a model written by `transferkit export`: a .tflite file, a SavedModel folder, an .onnx file."
+            if source.is_file():
+                raise RunDirError(f"'{source}' is neither a transferkit run folder nor an exported model. {hint}")
+            try:
+                rundir.check_run_dir(source)
+            except RunDirError as error:
+                raise RunDirError(f"{error} {hint}") from None
+        allowed = ("auto", "keras", "tflite") if kind == "run" else ("auto", kind)
+        if runtime not in allowed:
+            raise ConfigError(f"runtime {runtime!r} cannot run a {kind} model '{source}'; use one of {', '.join(allowed)}.")
+        if kind == "onnx":
+            check_onnxruntime()
+        self.source, self.kind, self.requested_runtime = source, kind, runtime
+        self.num_threads = num_threads or cpu_threads()
+        self.cache_dir = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "transferkit" / "tflite"
+        self.verbose = verbose
+        self.last_stats: dict = {}
+        self.conversion: dict | None = None  # set when a run folder was converted to TFLite here
+        self._trained = None
+        self._runtime = None
+        if kind == "run":
+            config = rundir.read_config(source)
+            self.classes = rundir.read_classes(source)
+            self.image_size = int(config["resolved"]["image_size"])
+        else:
+            self.classes = classes_of_export(source, kind)
+            self._runtime = open_export(source, kind, self.num_threads)
+            self.image_size = self._runtime.image_size
+
+    # -- runtimes ---------------------------------------------------------------------
+
+    @property
+    def trained(self) -> TrainedModel | None:
+        """The `TrainedModel` of a run folder (loaded on first use), else None."""
+        if self.kind != "run":
+            return None
+        if self._trained is None:
+            self._trained = TrainedModel.load(self.source)
+        return self._trained
+
+    @property
+    def runtime(self) -> str | None:
+        """The runtime chosen so far ('keras', 'tflite', ...); a run folder's is chosen on the first call."""
+        return self._runtime.name if self._runtime is not None else None
+
+    @property
+    def runtime_description(self) -> str | None:
+        """e.g. 'TFLite int8 + XNNPACK, 2 thread(s)'; a run folder's is known after the first call."""
+        return self._runtime.description if self._runtime is not None else None
+
+    def _runtime_for(self, n_images: int, paths: Sequence[str]):
+        """A run folder's runtime: a parity-checked float TFLite copy, else Keras."""
+        if self._runtime is not None:
+            return self._runtime
+        if self.requested_runtime != "keras":
+            tflite = self._checked_tflite_copy()
+            convert = self.requested_runtime == "tflite" or n_images >= CONVERT_MIN_IMAGES
+            if tflite is None and convert:
+                tflite = self._convert_to_cache(paths)
+            if tflite is not None:
+                self._runtime = TFLiteRuntime(tflite, self.num_threads)
+                return self._runtime
+            if self.requested_runtime == "tflite":
+                raise ConfigError(
+                    f"No TFLite copy of '{self.source}' agrees with its Keras model (see the warning above); "
+                    "use runtime 'keras' or 'auto'."
+                )
+        self._runtime = KerasRuntime(self.trained.model)
+        return self._runtime
+
+    def _checked_tflite_copy(self) -> Path | None:
+        """`RUN/export/model.tflite` or a cached conversion of this exact model.keras that passed parity."""
+        digest = data.file_digest(self.source / rundir.MODEL_FILE)
+        for candidate in (self.source / "export" / "model.tflite", self.cache_dir / f"{digest[:24]}.tflite"):
+            info = read_export_info(candidate) if candidate.is_file() else None
+            if info and info.get("model_digest") == digest and info.get("parity", {}).get("passed"):
+                return candidate
+        return None
+
+    def _convert_to_cache(self, paths: Sequence[str]) -> Path | None:
+        """Convert once to float TFLite, keep it only if its top-1 agrees with Keras."""
+        from transferkit.deploy.export import export_trained
+
+        digest = data.file_digest(self.source / rundir.MODEL_FILE)
+        target = self.cache_dir / f"{digest[:24]}.tflite"
+        try:
+            parity_images = _validation_sample(self.source, CACHE_PARITY_IMAGES)
+        except TransferkitError:  # the run's images moved: check on the images at hand
+            parity_images = list(paths[:64])
+        (logger.warning if self.verbose else logger.info)(
+            "Converting %s to TFLite once (about 20 s; cached in %s for later calls).", self.source, self.cache_dir)
+        started = time.perf_counter()
+        try:
+            result = export_trained(self.trained, "tflite", target, run_dir=self.source,
+                                       parity_images=parity_images, overwrite=True, model_digest=digest)
+        except Exception as error:  # noqa: BLE001 - auto mode must still predict, with Keras
+            if self.requested_runtime == "tflite":
+                raise
+            logger.warning("Converting %s to TFLite failed (%s); predicting with Keras.", self.source, error)
+            return None
+        self.conversion = {"seconds": round(time.perf_counter() - started, 2), "path": str(target),
+                           "parity": result.parity}
+        if not result.parity["passed"]:
+            logger.warning(
+                "The TFLite copy of %s agrees with Keras on only %.1f %% of %d images; predicting with Keras.",
+                self.source, 100 * result.parity["agreement"], result.parity["images"],
+            )
+            return None
+        return target
+
+    # -- prediction -------------------------------------------------------------------
+
+    def predict_proba(self, paths: Sequence[str], batch_size: int | None = None) -> np.ndarray:
+        """(n, n_classes) probabilities in the order of `paths`; rows of unreadable files are NaN."""
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        paths = [str(p) for p in paths]
+        runtime = self._runtime_for(len(paths), paths) if paths else self._runtime
+        probabilities, self.last_stats = predict_files(
+            runtime, paths, self.image_size, len(self.classes), batch_size, bool(self.verbose), self.source)
+        return probabilities
+
+    def predict(self, inputs, top_k: int = 1, batch_size: int | None = None) -> list:
+        """Label and confidence per image (`Prediction`); folders searched recursively,
+        non-image and unreadable files skipped with a warning."""
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ConfigError(f"top_k must be a positive integer, got {top_k!r}.")
+        paths = data.expand_image_paths(inputs)
+        return rank(paths, self.predict_proba(paths, batch_size), self.classes, top_k)
+
+
+def rank(paths: Sequence[str], probabilities: np.ndarray, classes: Sequence[str], top_k: int) -> list:
+    """`Prediction`s for the readable rows, classes by falling probability."""
+    k = min(top_k, len(classes))
+    predictions = []
+    for path, row in zip(paths, probabilities):
+        if np.isnan(row).any():
+            continue
+        order = np.argsort(-row, kind="stable")[:k]
+        ranked = tuple((classes[i], float(row[i])) for i in order)
+        predictions.append(Prediction(path, ranked[0][0], ranked[0][1], ranked))
+    return predictions
+
+
+def _validation_sample(run_dir, limit: int | None) -> list[str]:
+    """Up to `limit` of a run's validation images, evenly spread over the split.csv order."""
+    paths = list(rundir.read_split(run_dir, "validation").paths)
+    paths = [p for p in paths if os.path.isfile(p)]
+    if not paths:
+        raise DataError(f"None of the validation images listed in '{Path(run_dir) / rundir.SPLIT_FILE}' exists any more.")
+    return data.evenly_spaced(paths, limit)

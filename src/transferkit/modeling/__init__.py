@@ -1,0 +1,1 @@
+"""Modeling: the backbone registry, augmentation layers, and the end-to-end classifier built from them."""

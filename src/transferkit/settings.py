@@ -1,0 +1,210 @@
+"""Every training setting, declared once: default, type, allowed values and help text.
+
+`ImageClassifier` takes these as keywords and the CLI builds its `train` options from
+them, so a default or a range is written in one place. `Settings.validate` checks
+every value up front (in the style of scikit-learn's parameter constraints) and says
+what it received and what is allowed; `Settings.resolve` fills in what depends on the
+backbone and the data. What `config.json` records is `Settings.to_json()` and the
+resolved values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from transferkit.errors import ConfigError
+from transferkit.modeling.augment import Augmentation, resolve_augmentation
+from transferkit.modeling.backbones import check_image_size, get_backbone
+
+DATA, MODEL, TRAIN, AUG, OUTPUT = "Data", "Backbone and head", "Training", "Augmentation", "Output"
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A number of `kind` (int or float) between `low` and `high`; `closed` says which ends are allowed."""
+
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    closed: str = "both"  # "both", "left", "right" or "neither"
+
+    def accepts(self, value) -> bool:
+        kinds = (int,) if self.kind is int else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            return False
+        if self.low is not None and (value < self.low or (value == self.low and self.closed in ("right", "neither"))):
+            return False
+        return self.high is None or value < self.high or (value == self.high and self.closed in ("both", "right"))
+
+    def describe(self) -> str:
+        noun = "a whole number" if self.kind is int else "a number"
+        if self.low is not None and self.high is not None:
+            if self.closed == "neither":
+                return f"strictly between {self.low:g} and {self.high:g}"
+            left, right = "[" if self.closed in ("both", "left") else "(", "]" if self.closed in ("both", "right") else ")"
+            return f"in {left}{self.low:g}, {self.high:g}{right}"
+        if self.low is not None:
+            if self.low == 0 and self.closed in ("right", "neither"):
+                return "a positive integer" if self.kind is int else "a positive number"
+            return f"{noun} {'>=' if self.closed in ('both', 'left') else '>'} {self.low:g}"
+        return noun
+
+
+@dataclass(frozen=True)
+class OneOf:
+    values: tuple
+
+    def accepts(self, value) -> bool:
+        return isinstance(value, (str, bool)) and value in self.values
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(repr(v) for v in self.values)
+
+
+@dataclass(frozen=True)
+class InstanceOf:
+    kinds: tuple
+    text: str
+
+    def accepts(self, value) -> bool:
+        if isinstance(value, bool) and bool not in self.kinds:
+            return False
+        return isinstance(value, self.kinds) and value != ""
+
+    def describe(self) -> str:
+        return self.text
+
+
+def setting(default, help: str, panel: str, *constraints, cli: bool = True, nullable: bool | None = None):
+    """A dataclass field carrying its help text, help panel and constraints (None allowed when the default is)."""
+    nullable = default is None if nullable is None else nullable
+    metadata = {"help": help, "panel": panel, "constraints": constraints, "nullable": nullable, "cli": cli}
+    if isinstance(default, (list, dict, tuple)):
+        return field(default_factory=lambda: default, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+TEXT = InstanceOf((str,), "a non-empty string")
+BOOL = InstanceOf((bool,), "True or False")
+POSITIVE = Interval(float, 0, None, "neither")
+POSITIVE_INT = Interval(int, 0, None, "neither")
+COUNT = Interval(int, 0, None, "left")
+
+
+@dataclass
+class Settings:
+    """The whole training recipe; None means "choose for me" and is resolved at fit time."""
+
+    backbone: str = setting("mobilenet_v2", "Pretrained CNN (see `transferkit backbones`).", MODEL, TEXT)
+    image_size: int | None = setting(
+        None, "Square input size in px (default: the backbone's, 160 for mobilenet_v2).", DATA, Interval(int, 1))
+    weights: str = setting(
+        "imagenet", "'imagenet' (local file first, then Keras download), 'none', or a weights file path.", MODEL, TEXT)
+    weights_dir: str | None = setting(
+        None, "Folder with local ImageNet weight files (also $TRANSFERKIT_WEIGHTS_DIR).", MODEL, TEXT)
+    augment: Any = setting(
+        "standard", "Augmentation preset: none, light, standard, strong.", AUG,
+        InstanceOf((str, dict, Augmentation), "a preset name, a dict of transforms or an Augmentation"))
+    epochs: int | None = setting(
+        None, "Stage-1 (head) epochs; default: enough for ~300 optimisation steps, 10-50.", TRAIN, POSITIVE_INT)
+    learning_rate: float = setting(1e-3, "Stage-1 Adam learning rate.", TRAIN, POSITIVE)
+    fine_tune_epochs: int | None = setting(
+        None, "Stage-2 epochs (0 skips fine-tuning); default: enough for ~100 steps, 2-15.", TRAIN, COUNT)
+    fine_tune_learning_rate: float | None = setting(
+        None, "Stage-2 learning rate (default: a tenth of --learning-rate).", TRAIN, POSITIVE)
+    fine_tune_at: int | str | None = setting(
+        None, "Backbone layer index or name where unfreezing starts (default per backbone, 100 for mobilenet_v2).",
+        TRAIN, InstanceOf((int, str), "a layer index or name"))
+    dropout: float = setting(0.2, "Dropout rate before the classifier layer.", MODEL, Interval(float, 0, 1, "left"))
+    hidden_units: tuple = setting(
+        (), "Extra dense ReLU layer in the head; repeat for more (e.g. --hidden-units 256).", MODEL,
+        InstanceOf((tuple, list), "a sequence of positive integers"))
+    batch_size: int = setting(32, "Images per optimisation step.", DATA, POSITIVE_INT)
+    val_split: float = setting(
+        0.2, "Fraction of each class held out for validation.", DATA, Interval(float, 0, 1, "neither"))
+    test_split: float = setting(
+        0.0, "Fraction of each class held out as a test set, scored once after training.", DATA,
+        Interval(float, 0, 1, "left"))
+    patience: int | None = setting(
+        5, "Stop a stage after this many epochs without a better validation loss (0: never).", TRAIN, COUNT,
+        nullable=True)
+    class_weight: str = setting(
+        "auto", "'auto' weighs classes inversely to their size when the largest is over 3x the smallest; "
+        "'balanced' always; 'none' never.", TRAIN, OneOf(("auto", "balanced", "none")))
+    cache: bool = setting(
+        True, "Train on cached backbone activations of a few augmented views per image (fast); "
+        "--no-cache runs the plain recipe.", TRAIN, BOOL)
+    cached_views: int | None = setting(
+        None, "Views per training image in the cache, view 0 un-augmented (default: enough for ~2000 samples, 2-8).",
+        TRAIN, POSITIVE_INT)
+    cache_dir: str | None = setting(
+        None, "Keep activation caches here, reused across runs (default: in memory).", TRAIN, TEXT)
+    write_report: bool = setting(True, "Write report.html into the run folder.", OUTPUT, BOOL)
+    seed: int = setting(42, "Seed for the split, augmentation and initialisation.", DATA, Interval(int))
+    verbose: int = setting(1, "0: silent; 1: progress bars and a summary.", OUTPUT, Interval(int, 0), cli=False)
+
+    @classmethod
+    def fields(cls) -> tuple[dataclasses.Field, ...]:
+        return dataclasses.fields(cls)
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in cls.fields()]
+
+    def validate(self) -> "Settings":
+        """Check every value against its constraints; raises ConfigError naming what was received."""
+        for f in self.fields():
+            value = getattr(self, f.name)
+            if value is None and f.metadata["nullable"]:
+                continue
+            constraints = f.metadata["constraints"]
+            if constraints and not any(c.accepts(value) for c in constraints):
+                allowed = " or ".join(c.describe() for c in constraints)
+                hint = (" Use e.g. 0.2 to hold out 20 % of each class, or pass a separate validation folder."
+                        if f.name == "val_split" else "")
+                raise ConfigError(f"{f.name} must be {allowed}, got {value!r}.{hint}")
+        if any(isinstance(u, bool) or not isinstance(u, int) or u <= 0 for u in self.hidden_units):
+            raise ConfigError(f"hidden_units must be positive integers, got {list(self.hidden_units)!r}.")
+        if self.val_split + self.test_split >= 1.0:
+            raise ConfigError(
+                f"test_split must be in [0, 1 - val_split), got {self.test_split!r} (val_split {self.val_split}).")
+        return self
+
+    def resolve(self) -> "ResolvedSettings":
+        """Validate, then fill in what depends on the backbone: image size, augmentation, fine-tuning."""
+        self.validate()
+        spec = get_backbone(self.backbone)
+        image_size = spec.default_size if self.image_size is None else self.image_size
+        check_image_size(spec, image_size)
+        return ResolvedSettings(
+            settings=self, spec=spec, image_size=image_size, augmentation=resolve_augmentation(self.augment),
+            fine_tune_at=spec.fine_tune_at if self.fine_tune_at is None else self.fine_tune_at,
+            fine_tune_learning_rate=self.fine_tune_learning_rate or self.learning_rate / 10,
+        )
+
+    def to_json(self) -> dict:
+        params = dataclasses.asdict(self)
+        if isinstance(self.augment, Augmentation):
+            params["augment"] = dataclasses.asdict(self.augment)
+        params["hidden_units"] = list(self.hidden_units)
+        return params
+
+    @classmethod
+    def from_json(cls, params: dict) -> "Settings":
+        """Settings recorded in a config.json; names this version no longer knows are dropped."""
+        known = set(cls.names())
+        return cls(**{k: v for k, v in params.items() if k in known})
+
+
+@dataclass(frozen=True)
+class ResolvedSettings:
+    """`Settings` with every backbone-dependent default filled in."""
+
+    settings: Settings
+    spec: Any  # modeling.backbones.Backbone
+    image_size: int
+    augmentation: Augmentation
+    fine_tune_at: int | str
+    fine_tune_learning_rate: float

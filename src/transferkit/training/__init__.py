@@ -1,0 +1,1 @@
+"""Training: the stages (head, then fine-tuning), their schedules and callbacks, checkpoints, the activation cache."""

@@ -1,0 +1,146 @@
+"""Callbacks of both stages: best weights across stages, history rows, per-epoch checkpoints, a clean Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from transferkit.runs.folder import atomic_path, write_json
+
+LAST_WEIGHTS, BEST_WEIGHTS, STATE_FILE = "last.weights.h5", "best.weights.h5", "state.json"
+
+
+@dataclass
+class TrainingResult:
+    history: list[dict] = field(default_factory=list)  # one row per epoch, both stages
+    fine_tune_start_epoch: int | None = None  # first epoch number of stage 2
+    best_epoch: int | None = None
+    val_accuracy_stage1: float | None = None
+    val_accuracy: float | None = None
+    val_loss: float | None = None
+    stage_seconds: dict = field(default_factory=dict)
+    interrupted: bool = False  # Ctrl-C: the best weights so far were kept
+
+
+class BestWeights(keras.callbacks.Callback):
+    """Remembers `target`'s weights at the lowest validation loss, across fit() calls.
+
+    `target` is the full model even when a stage fits a smaller model that shares
+    its layers (cached training).
+    """
+
+    def __init__(self, target: keras.Model):
+        super().__init__()
+        self.target = target
+        self.best_loss = math.inf
+        self.best_epoch: int | None = None
+        self.best_weights = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("val_loss")
+        if loss is not None and np.isfinite(loss) and loss < self.best_loss:
+            self.best_loss, self.best_epoch = float(loss), epoch + 1
+            self.best_weights = self.target.get_weights()
+
+    def restore(self) -> None:
+        if self.best_weights is not None:
+            self.target.set_weights(self.best_weights)
+
+
+class EpochRecorder(keras.callbacks.Callback):
+    """Appends one history row per finished epoch, so an interrupted stage keeps its rows."""
+
+    def __init__(self, rows: list, stage: int, learning_rate: float):
+        super().__init__()
+        self.rows, self.stage, self.learning_rate = rows, stage, learning_rate
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.rows.append({
+            **{k: float(v) for k, v in (logs or {}).items()},
+            "epoch": epoch + 1, "stage": self.stage, "learning_rate": self.learning_rate,
+            "seconds": time.perf_counter() - self._start,
+        })
+
+
+class Checkpoint(keras.callbacks.Callback):
+    """After every epoch: the full model's last and best weights and where training stands.
+
+    Files are replaced atomically, so a run killed at any moment (even SIGKILL) can be
+    resumed from its last completed epoch.
+    """
+
+    def __init__(self, folder, target: keras.Model, best: "BestWeights", result: "TrainingResult", stage: int):
+        super().__init__()
+        self.folder, self.target, self.best, self.result, self.stage = Path(folder), target, best, result, stage
+
+    def on_epoch_end(self, epoch, logs=None):
+        save_checkpoint(self.folder, self.target, self.best, self.result, self.stage,
+                        best_is_current=self.best.best_epoch == epoch + 1)
+
+
+def save_checkpoint(folder: Path, model: keras.Model, best: "BestWeights", result: "TrainingResult", stage: int,
+                    best_is_current: bool, stage_done: bool = False) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / LAST_WEIGHTS) as tmp:
+        model.save_weights(tmp)
+    if best_is_current:
+        with atomic_path(folder / BEST_WEIGHTS) as tmp:
+            model.save_weights(tmp)
+    write_json(folder / STATE_FILE, {
+        "stage": stage, "stage_done": stage_done, "epoch": result.history[-1]["epoch"] if result.history else 0,
+        "history": result.history, "best_epoch": best.best_epoch, "best_loss": best.best_loss,
+        "fine_tune_start_epoch": result.fine_tune_start_epoch, "stage_seconds": result.stage_seconds,
+    })
+
+
+def load_checkpoint(folder: Path, model: keras.Model, best: "BestWeights", result: "TrainingResult") -> dict:
+    """Restore weights, history and the best-so-far from `folder`; returns the saved state."""
+    state = json.loads((folder / STATE_FILE).read_text())
+    result.history[:] = state["history"]
+    result.fine_tune_start_epoch = state["fine_tune_start_epoch"]
+    result.stage_seconds.update(state["stage_seconds"])
+    if state["best_epoch"] is not None:
+        model.load_weights(folder / BEST_WEIGHTS)
+        best.best_weights, best.best_epoch, best.best_loss = model.get_weights(), state["best_epoch"], state["best_loss"]
+    model.load_weights(folder / LAST_WEIGHTS)
+    return state
+
+
+class StopOnCtrlC(keras.callbacks.Callback):
+    """Turns the first Ctrl-C into a clean stop after the current batch.
+
+    A KeyboardInterrupt raised inside TensorFlow's input threads can abort the whole
+    process; a flag checked between batches cannot. A second Ctrl-C interrupts at once.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.requested = False
+        self._previous = None
+
+    def on_train_begin(self, logs=None):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._request)
+
+    def _request(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.requested:
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self._previous is not None and not self.requested:
+            signal.signal(signal.SIGINT, self._previous)

@@ -1,0 +1,298 @@
+"""The training job as a pipeline: scan -> split -> build -> stages, each a function of its own.
+
+`train` runs them in order and returns a `TrainedModel`; `ImageClassifier.fit` adds the
+finish (test score, save, figures, report). Every setting was validated before the
+first step (`Settings.resolve`), and every check on the data runs before training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transferkit import data
+from transferkit.data import doctor
+from transferkit.errors import DataError
+from transferkit.progress import progress_bar
+from transferkit.runs import folder as rundir
+from transferkit.runs.trained import TrainedModel
+from transferkit.settings import ResolvedSettings
+from transferkit.training import schedules
+from transferkit.training.stages import Stage, run_stages
+
+logger = logging.getLogger("transferkit")
+
+# Exact duplicates always share a split; near-duplicate groups only while this small,
+# since chained near duplicates (a burst, a render series) can swallow a class.
+MAX_NEAR_DUPLICATE_GROUP = 8
+PARAMS_FILE = "params.json"  # in the checkpoint folder: what a resume starts again from
+
+
+@dataclass
+class ScannedData:
+    """The usable files of each folder after the doctor's decode of every file."""
+
+    data_dir: Path
+    val_dir: Path | None
+    test_dir: Path | None
+    usable: dict[str, data.LabelledFiles | None]  # per split folder; None for a folder not given
+    skipped: list[dict] = field(default_factory=list)
+    file_hashes: dict[str, str] = field(default_factory=dict)
+    duplicate_groups: list = field(default_factory=list)
+
+
+def writable_or_none(folder: Path) -> Path | None:
+    """`folder` if files can be written there, else None (with a warning): caches then stay in memory."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+        return folder
+    except OSError as error:
+        logger.warning("Cache folder %s is not writable (%s); keeping caches in memory for this run.", folder, error)
+        return None
+
+
+def check_folders(data_dir, val_dir=None) -> tuple[Path, Path | None, Path | None]:
+    """(train, validation, test) folders of the layout, each checked for class folders with images."""
+    data_dir, val_dir, test_dir = data.resolve_layout(data_dir, val_dir)
+    files = data.list_class_folders(data_dir)
+    for folder in (val_dir, test_dir):
+        if folder is not None:
+            data.list_class_folders(folder, classes=files.classes)
+    return data_dir, val_dir, test_dir
+
+
+def scan(data_dir: Path, val_dir: Path | None, test_dir: Path | None, cache_dir: str | None,
+         verbose: int) -> ScannedData:
+    """Decode every file once (the `doctor` scan, cached by size and mtime) and keep the usable ones,
+    so a bad file can never stop an epoch."""
+    cache_root = writable_or_none(Path(cache_dir) if cache_dir else Path.home() / ".cache" / "transferkit")
+    folders = (data_dir, val_dir, test_dir)
+    identity = hashlib.sha256("|".join(str(f and Path(f).resolve()) for f in folders).encode()).hexdigest()
+    with progress_bar(0, "Checking images", enabled=bool(verbose)) as advance:
+        result = doctor.scan_dataset(
+            data_dir, val_dir=val_dir, test_dir=test_dir,
+            cache_path=cache_root / "scans" / f"{identity[:20]}.json" if cache_root else None,
+            progress=lambda done, total: advance(done, total),
+        )
+    skipped = doctor.skipped_rows(result)
+    if skipped:
+        logger.warning("Skipping %d file(s) that cannot be used, e.g. %s (%s); `transferkit doctor` lists them all.",
+                       len(skipped), skipped[0]["path"], skipped[0]["reason"])
+    usable = {}
+    for split, folder in zip(data.SPLITS, folders):
+        usable[split] = None if folder is None else doctor.usable_labelled(result, split)
+        empty = [name for name, n in usable[split].class_counts().items() if n == 0] if folder else []
+        if empty:
+            raise DataError(
+                f"Class(es) {empty} have no usable image left in '{folder}' after skipping unreadable "
+                "files. Run `transferkit doctor` on the folder to see why each file was refused."
+            )
+    return ScannedData(
+        data_dir, val_dir, test_dir, usable, skipped,
+        file_hashes={record.path: record.sha256 for record in result.images},
+        duplicate_groups=[group.paths for group in result.duplicates
+                          if group.kind == "exact" or len(group.paths) <= MAX_NEAR_DUPLICATE_GROUP],
+    )
+
+
+def split(scanned: ScannedData, val_split: float, test_split: float, seed: int) -> dict[str, data.LabelledFiles]:
+    """{train, validation, test}: the given folders, else a stratified, duplicate-aware split of DATA_DIR."""
+    files = scanned.usable[data.TRAIN]
+    empty = data.LabelledFiles((), (), files.classes)
+    if scanned.val_dir is not None:
+        train, val, test = files, scanned.usable[data.VALIDATION], scanned.usable[data.TEST]
+    else:
+        train, val, held_out = data.stratified_split(
+            files, val_split, seed, root=scanned.data_dir, groups=scanned.duplicate_groups,
+            test_split=0.0 if scanned.test_dir is not None else test_split,
+        )
+        test = scanned.usable[data.TEST] if scanned.test_dir is not None else held_out
+    return {data.TRAIN: train, data.VALIDATION: val, data.TEST: test if test is not None else empty}
+
+
+def build(resolved: ResolvedSettings, num_classes: int):
+    """The end-to-end Keras model, seeded."""
+    import keras
+
+    from transferkit.modeling.classifier import build_classifier
+
+    s = resolved.settings
+    keras.utils.set_random_seed(s.seed)
+    return build_classifier(resolved.spec, num_classes, resolved.image_size, weights=s.weights,
+                            weights_dir=s.weights_dir, augmentation=resolved.augmentation, dropout=s.dropout,
+                            hidden_units=tuple(s.hidden_units), seed=s.seed)
+
+
+@dataclass
+class StagePlan:
+    stages: list[Stage]
+    epochs: int
+    fine_tune_epochs: int
+    cached_views: int | None = None
+    backbone_images: int | None = None  # backbone passes the cache made
+
+
+def plan_stages(model, resolved: ResolvedSettings, splits: dict, data_dir: Path, verbose: int) -> StagePlan:
+    """Stage 1 (head on the frozen backbone) and stage 2 (fine-tuning the top), with their data."""
+    from transferkit.modeling.classifier import unfreeze_from
+
+    s = resolved.settings
+    n_train = len(splits[data.TRAIN])
+    epochs = s.epochs or schedules.auto_epochs(n_train, s.batch_size, schedules.HEAD_MIN_STEPS,
+                                               schedules.HEAD_EPOCH_RANGE)
+    fine_tune_epochs = s.fine_tune_epochs if s.fine_tune_epochs is not None else schedules.auto_epochs(
+        n_train, s.batch_size, schedules.FINE_TUNE_MIN_STEPS, schedules.FINE_TUNE_EPOCH_RANGE)
+    plan = StagePlan([], epochs, fine_tune_epochs)
+    if s.cache:
+        head_inputs, top_inputs = _cached_inputs(model, resolved, splits, data_dir, fine_tune_epochs, plan, verbose)
+    else:
+        train_ds = data.make_dataset(*_paths_labels(splits[data.TRAIN]), resolved.image_size, s.batch_size,
+                                     shuffle=True, seed=s.seed)
+        val_ds = data.make_dataset(*_paths_labels(splits[data.VALIDATION]), resolved.image_size, s.batch_size)
+        head_inputs = top_inputs = lambda: (model, train_ds, val_ds)  # noqa: E731 - one model, fitted twice
+
+    def fine_tune_inputs():
+        trainable = unfreeze_from(model, resolved.fine_tune_at)
+        if verbose:
+            print(f"Unfroze the top {trainable} backbone layers from {resolved.fine_tune_at!r}.")
+        return top_inputs()
+
+    plan.stages = [
+        Stage(1, "Stage 1: training the head on the frozen backbone", epochs, s.learning_rate, head_inputs),
+        Stage(2, "Stage 2: fine-tuning the top of the backbone", fine_tune_epochs,
+              resolved.fine_tune_learning_rate, fine_tune_inputs, warmup=schedules.FINE_TUNE_WARMUP),
+    ]
+    return plan
+
+
+def _paths_labels(files: data.LabelledFiles) -> tuple:
+    return files.paths, files.labels
+
+
+def _cached_inputs(model, resolved: ResolvedSettings, splits: dict, data_dir: Path, fine_tune_epochs: int,
+                   plan: StagePlan, verbose: int):
+    """Stage inputs that train on cached backbone activations (see `training.cache`)."""
+    from transferkit.modeling.classifier import backbone_of, clean_cut, fine_tune_index
+    from transferkit.training import cache
+
+    s = resolved.settings
+    base = backbone_of(model)
+    cut = clean_cut(base, fine_tune_index(base, resolved.fine_tune_at)) if fine_tune_epochs else None
+    extractor = cache.ViewExtractor(model, cut)
+    key_settings = {
+        "backbone": s.backbone, "weights": _weights_identity(resolved),
+        "image_size": resolved.image_size, "augmentation": dataclasses.asdict(resolved.augmentation),
+        "cut": base.operations[cut].name if cut is not None else None, "seed": s.seed,
+    }
+    cache_dir = writable_or_none(Path(s.cache_dir)) if s.cache_dir else None
+    plan.cached_views = s.cached_views or schedules.auto_views(len(splits[data.TRAIN]))
+    arrays = []
+    for files, views in ((splits[data.TRAIN], plan.cached_views), (splits[data.VALIDATION], 1)):
+        key = cache.cache_key(files, data_dir, {**key_settings, "views": views}) if cache_dir else None
+        label = f"Caching backbone activations ({views} view{'s' * (views > 1)})"
+        with progress_bar(len(files) * views, label, enabled=bool(verbose)) as advance:
+            arrays.append(cache.cached_views(extractor, files, resolved.image_size, views, s.batch_size, cache_dir,
+                                             key, advance))
+    train, val = arrays
+    plan.backbone_images = extractor.images_processed
+
+    def batches(kind):
+        return (cache.ViewBatches(getattr(train, kind), train, s.batch_size, shuffle=True, seed=s.seed),
+                cache.ViewBatches(getattr(val, kind), val, s.batch_size, shuffle=False, seed=s.seed))
+
+    return (lambda: (cache.head_model(model, extractor), *batches("pooled")),
+            lambda: (cache.top_model(model, extractor), *batches("boundary")))
+
+
+def _weights_identity(resolved: ResolvedSettings) -> str:
+    """What identifies the backbone weights in a cache key: the local file's digest, or the name."""
+    from transferkit.modeling.backbones import resolve_weights
+
+    s = resolved.settings
+    weights = resolve_weights(resolved.spec, s.weights, s.weights_dir)
+    return data.file_digest(weights) if weights and os.path.isfile(weights) else str(weights)
+
+
+def fingerprint(splits: dict, data_dir, file_hashes: dict) -> str:
+    """One hash of every used file's relative path, class and contents."""
+    digest = hashlib.sha256()
+    for files in splits.values():
+        for path, label in sorted(zip(files.paths, files.labels)):
+            digest.update(f"{os.path.relpath(path, data_dir)}\0{label}\0{file_hashes.get(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def train(resolved: ResolvedSettings, data_dir, val_dir=None, out_dir: Path | None = None,
+          resume: bool = False) -> tuple[TrainedModel, StagePlan]:
+    """scan -> split -> build -> stages. With `out_dir`, every epoch is checkpointed in it."""
+    from transferkit.modeling.backbones import find_local_weights
+    from transferkit.training.schedules import balanced_class_weights
+
+    s = resolved.settings
+    data_dir, val_dir, test_dir = check_folders(data_dir, val_dir)
+    scanned = scan(data_dir, val_dir, test_dir, s.cache_dir, s.verbose)
+    splits = split(scanned, s.val_split, s.test_split, s.seed)
+    classes = list(splits[data.TRAIN].classes)
+    model = build(resolved, len(classes))
+    steps = math.ceil(len(splits[data.TRAIN]) / s.batch_size)
+    if s.verbose:
+        counts = ", ".join(f"{k} {v}" for k, v in splits[data.TRAIN].class_counts().items())
+        print(f"{len(classes)} classes, {len(splits[data.TRAIN])} training images ({counts}), "
+              f"{len(splits[data.VALIDATION])} validation images; {s.backbone} at {resolved.image_size} px, "
+              f"{steps} steps per epoch")
+    plan = plan_stages(model, resolved, splits, data_dir, s.verbose)
+    checkpoint_dir = None
+    if out_dir is not None:
+        checkpoint_dir = rundir.prepare_output_dir(out_dir, overwrite=True) / rundir.CHECKPOINT_DIR
+        if not resume:
+            rundir.write_json(checkpoint_dir / PARAMS_FILE, {
+                "params": s.to_json(), "data_dir": str(Path(data_dir).resolve()),
+                "val_dir": str(Path(val_dir).resolve()) if val_dir is not None else None,
+            })
+    class_weights = balanced_class_weights(splits[data.TRAIN].class_counts(), s.class_weight)
+    result = run_stages(model, len(classes), plan.stages, patience=s.patience, steps_per_epoch=steps,
+                        class_weight=class_weights, checkpoint_dir=checkpoint_dir, resume=resume,
+                        verbose=s.verbose)
+    resolved_json = {
+        "image_size": resolved.image_size,
+        "augmentation": dataclasses.asdict(resolved.augmentation),
+        "epochs": plan.epochs,
+        "fine_tune_epochs": plan.fine_tune_epochs,
+        "fine_tune_at": resolved.fine_tune_at,
+        "fine_tune_learning_rate": resolved.fine_tune_learning_rate,
+        "cached_views": plan.cached_views,
+        "class_weight": class_weights,
+        "weights_file": str(find_local_weights(resolved.spec, s.weights_dir) or "")
+        if s.weights == "imagenet" else s.weights,
+    }
+    folder = lambda path: str(Path(path).resolve()) if path is not None else None  # noqa: E731
+    summary = {
+        "data_dir": folder(data_dir), "val_dir": folder(val_dir), "classes": classes,
+        "train_images": len(splits[data.TRAIN]), "val_images": len(splits[data.VALIDATION]),
+        "test_images": len(splits[data.TEST]), "test_dir": folder(test_dir),
+        "train_class_counts": splits[data.TRAIN].class_counts(),
+        "val_class_counts": splits[data.VALIDATION].class_counts(),
+        "skipped_files": len(scanned.skipped),
+        "fingerprint": fingerprint(splits, data_dir, scanned.file_hashes),
+    }
+    results = {
+        "run_dir": str(out_dir) if out_dir is not None else None, "classes": classes,
+        "train_images": len(splits[data.TRAIN]), "val_images": len(splits[data.VALIDATION]),
+        "val_accuracy_stage1": result.val_accuracy_stage1, "val_accuracy": result.val_accuracy,
+        "val_loss": result.val_loss, "best_epoch": result.best_epoch, "epochs_run": len(result.history),
+        "stage_seconds": result.stage_seconds, "interrupted": result.interrupted, "seconds": None,
+    }
+    trained = TrainedModel(
+        model=model, classes=classes, image_size=resolved.image_size, backbone=s.backbone, params=s.to_json(),
+        resolved=resolved_json, history=result.history, splits=splits, data_summary=summary, results=results,
+        file_hashes=scanned.file_hashes, skipped=scanned.skipped,
+    )
+    return trained, plan
