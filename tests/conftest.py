@@ -1,4 +1,11 @@
-"""Shared fixtures: real images from ../shared, real ImageNet weights, small settings."""
+"""Shared fixtures, in tiers.
+
+- Unit tests need nothing: they make their own images with Pillow.
+- Small-model tests use `synthetic_dir` and `weights="none"` at a small size: real Keras
+  training, no pretrained weights, no shared data.
+- End-to-end tests use the real shared datasets and ImageNet weights (`TRANSFERKIT_SHARED`,
+  default ../shared); their fixtures skip, with the reason, when that folder is missing.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -14,19 +22,20 @@ SHARED = Path(os.environ.get("TRANSFERKIT_SHARED", REPO.parent / "shared"))
 WEIGHTS_DIR = SHARED / "weights"
 ALPACA = SHARED / "datasets" / "alpaca"
 RPS = SHARED / "datasets" / "rps" / "train"
+HAVE_SHARED = WEIGHTS_DIR.is_dir() and ALPACA.is_dir() and RPS.is_dir()
+NO_SHARED = f"needs the shared datasets and weights at {SHARED} (set TRANSFERKIT_SHARED to their folder)"
+requires_shared = pytest.mark.skipif(not HAVE_SHARED, reason=NO_SHARED)
 
-if not (WEIGHTS_DIR.is_dir() and ALPACA.is_dir() and RPS.is_dir()):
-    raise pytest.UsageError(
-        f"The tests need the shared datasets and weights at {SHARED} "
-        "(set TRANSFERKIT_SHARED to their folder)."
-    )
-
-os.environ["TRANSFERKIT_WEIGHTS_DIR"] = str(WEIGHTS_DIR)
+if HAVE_SHARED:
+    os.environ["TRANSFERKIT_WEIGHTS_DIR"] = str(WEIGHTS_DIR)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # The defaults (160 px: smaller sizes cost alpaca 5-10 points; cached views; head epochs,
 # which are nearly free on the cache), with stage 2 cut to 3 epochs.
 FAST = dict(fine_tune_epochs=3, patience=None, verbose=0)
+# Small-model tier: random weights at 32 px train in seconds and exercise the same code.
+SMALL = dict(weights="none", image_size=32, epochs=2, fine_tune_epochs=1, patience=None, verbose=0,
+             write_report=False, cached_views=2)
 
 
 def checksums(folder: Path) -> dict[str, str]:
@@ -39,12 +48,50 @@ def checksums(folder: Path) -> dict[str, str]:
 
 def copy_subset(source: Path, dest: Path, per_class: int | None = None) -> Path:
     """Copy (the first `per_class` files of) each class folder, so tests own a writable copy."""
+    if not source.is_dir():
+        pytest.skip(NO_SHARED)
     for class_dir in sorted(d for d in source.iterdir() if d.is_dir()):
         target = dest / class_dir.name
         target.mkdir(parents=True)
         for f in sorted(class_dir.iterdir())[:per_class]:
             shutil.copy2(f, target / f.name)
     return dest
+
+
+def make_images(folder: Path, classes=("circle", "square"), per_class: int = 10, size: int = 48,
+                seed: int = 0) -> Path:
+    """A tiny, learnable image set made with Pillow: bright circles vs squares on noise."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    for index, name in enumerate(classes):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 80, (size, size, 3), dtype=np.uint8)
+            image = Image.fromarray(pixels)
+            draw = ImageDraw.Draw(image)
+            lo, hi = int(rng.integers(4, 12)), int(rng.integers(size - 12, size - 4))
+            colour = tuple(int(c) for c in rng.integers(150, 256, 3))
+            (draw.ellipse if index % 2 == 0 else draw.rectangle)((lo, lo, hi, hi), fill=colour)
+            if index >= 2:
+                draw.line((0, 0, size, size), fill=(255, 255, 255), width=4)
+            image.save(folder / name / f"{name}-{i:03d}.png")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory) -> Path:
+    return make_images(tmp_path_factory.mktemp("data") / "shapes", per_class=12)
+
+
+@pytest.fixture(scope="session")
+def small_run(synthetic_dir, tmp_path_factory):
+    """A small-model run (random weights, 32 px) on the synthetic set: (classifier, run_dir)."""
+    from transferkit import ImageClassifier
+
+    run_dir = tmp_path_factory.mktemp("runs") / "small"
+    classifier = ImageClassifier(**SMALL).fit(synthetic_dir, out=run_dir)
+    return classifier, run_dir
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from transferkit.data.files import DEFAULT_MAX_PIXELS
+from transferkit.data.findings import DEFAULT_MIN_SIZE, NEAR_DISTANCE
 from transferkit.cli.app import command, err, out, setup_logging
 
 
@@ -14,9 +16,9 @@ from transferkit.cli.app import command, err, out, setup_logging
 def doctor(
     data_dir: Path = typer.Argument(..., help="Folder with one sub-folder of images per class.", show_default=False),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (findings, class counts, duplicates) instead of the report."),
-    max_pixels: int = typer.Option(89_478_485, help="Refuse, undecoded, any image with more pixels (decompression bombs); warn above half of it."),
-    min_size: int = typer.Option(32, help="Warn about images whose shorter side has fewer pixels."),
-    near_distance: int = typer.Option(32, help="Perceptual-hash bits (of 256) within which two images are near duplicates."),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Refuse, undecoded, any image with more pixels (decompression bombs); warn above half of it."),
+    min_size: int = typer.Option(DEFAULT_MIN_SIZE, help="Warn about images whose shorter side has fewer pixels."),
+    near_distance: int = typer.Option(NEAR_DISTANCE, help="Perceptual-hash bits (of 256) within which two images are near duplicates."),
     val_dir: Optional[Path] = typer.Option(None, help="Validation folder with the same classes: scanned too, and checked for images leaked from DATA_DIR.", show_default=False),
     test_dir: Optional[Path] = typer.Option(None, help="Test folder with the same classes: scanned too, and checked for leaks.", show_default=False),
     cache: Optional[Path] = typer.Option(None, help="JSON cache file (outside the scanned folders): a re-run decodes only changed files.", show_default=False),

@@ -375,6 +375,6 @@ def _load_cache(cache_path, data_root: Path) -> dict[str, dict]:
 
 
 def _save_cache(cache_path, data_root: Path, files: dict[str, dict]) -> None:
-    from transferkit.runs.folder import write_text
+    from transferkit.atomic import write_text
 
     write_text(cache_path, json.dumps({**_cache_header(data_root), "files": files}, separators=(",", ":")))

@@ -15,13 +15,11 @@ half-written file in place of a good one.
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import os
 import platform
-import tempfile
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from transferkit.data.files import SPLITS, VALIDATION, LabelledFiles
 from transferkit.errors import ConfigError, RunDirError
@@ -35,47 +33,9 @@ SPLIT_FILE = "split.csv"
 SKIPPED_FILE = "skipped.csv"
 CHECKPOINT_DIR = "checkpoint"  # per-epoch weights and state while training; removed when it finishes
 REQUIRED_FILES = (MODEL_FILE, CLASSES_FILE, CONFIG_FILE)
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[str]:
-    """Yield a temporary path beside `path`; rename it over `path` only on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # keep the full suffix (".weights.h5", ".keras"): savers check it
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + "".join(path.suffixes), dir=path.parent)
-    os.close(fd)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would make shared reports private
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_text(path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(text, encoding="utf-8")
-
-
-def write_json(path, data) -> None:
-    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
-
-
-def write_csv(path, rows: Sequence[dict], fieldnames: Sequence[str] | None = None) -> None:
-    fieldnames = list(fieldnames or (rows[0].keys() if rows else []))
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fieldnames, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def read_csv(path) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+from transferkit.atomic import atomic_path, read_csv, write_csv, write_json, write_text  # noqa: E402,F401
 
 
 def package_versions() -> dict[str, str]:

@@ -111,7 +111,7 @@ def test_report_survives_a_moved_data_folder(alpaca_run, alpaca_dir, tmp_path):
     assert text.count("Not available: None of the") == 6  # augmentation, metrics, matrix, gallery, Grad-CAM, activations
     assert page.images.get("samples") and page.images.get("curves")
     with pytest.raises(ConfigError, match="gradcam_images must be a positive integer, got 0"):
-        write_report(alpaca_run[0], run_copy, gradcam_images=0)
+        write_report(alpaca_run[0].trained_, run_copy, gradcam_images=0)
 
 
 def test_preview_shows_samples_and_augmentation_draws(tiny_dir, tmp_path):

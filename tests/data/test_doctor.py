@@ -20,11 +20,10 @@ from conftest import ALPACA, checksums, copy_subset
 from dirty_data import build_dirty_dataset, near_copy, photo, sources
 from transferkit.cli import app
 from transferkit.data import list_class_folders
-from transferkit.data.doctor import (
-    CODES, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE, ERROR, NEAR_DISTANCE, phash, scan_dataset, skipped_rows, usable_files,
-    usable_labelled,
-)
-from transferkit.data import IMAGE_EXTENSIONS
+from transferkit.data import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS
+from transferkit.data.doctor import scan_dataset, skipped_rows, usable_files, usable_labelled
+from transferkit.data.duplicates import phash
+from transferkit.data.findings import CODES, DEFAULT_MIN_SIZE, ERROR, NEAR_DISTANCE
 from transferkit.errors import ConfigError, DataError
 
 runner = CliRunner()
@@ -331,7 +330,7 @@ def test_cli_report_groups_by_severity(dirty):
 def test_cli_defaults_are_the_api_defaults():
     import inspect
 
-    from transferkit.cli import doctor
+    from transferkit.cli.doctor import doctor
 
     defaults = {name: p.default.default for name, p in inspect.signature(doctor).parameters.items()}
     assert (defaults["max_pixels"], defaults["min_size"], defaults["near_distance"]) == (

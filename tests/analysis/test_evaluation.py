@@ -15,7 +15,8 @@ from conftest import FAST, RPS, checksums, copy_subset
 from transferkit import ImageClassifier
 from transferkit.cli import app
 from transferkit.errors import DataError
-from transferkit.analysis.evaluation import evaluate_files, labelled_folder, plot_misclassified, read_split
+from transferkit.analysis.evaluation import evaluate_files, labelled_folder, plot_misclassified
+from transferkit.runs.folder import read_split
 
 runner = CliRunner()
 
@@ -57,7 +58,7 @@ def rps_run(tmp_path_factory):
 def alpaca_validation(alpaca_run):
     """The alpaca run's validation split, rebuilt from split.csv and predicted once for this module."""
     classifier, run_dir, _ = alpaca_run
-    return evaluate_files(classifier, read_split(run_dir), source="validation split")
+    return evaluate_files(classifier.trained_, read_split(run_dir), source="validation split")
 
 
 def test_validation_split_is_reproduced_from_split_csv(alpaca_run, alpaca_validation):

@@ -14,7 +14,8 @@ from transferkit.runs import folder as rundir
 from transferkit.cli import app
 from transferkit.errors import ConfigError, RunDirError
 from transferkit.deploy.export import FORMATS, export_model
-from transferkit.deploy.predictor import Predictor, read_onnx_metadata, read_tflite_metadata
+from transferkit.deploy.predictor import Predictor
+from transferkit.deploy.runtimes import read_onnx_metadata, read_tflite_metadata
 
 runner = CliRunner()
 FLOAT_FORMATS = ("savedmodel", "tflite", "tflite-fp16", "onnx")
