@@ -38,6 +38,7 @@ _FITTED = {  # fitted attribute -> where it lives on the TrainedModel
     "fine_tune_start_epoch_": "fine_tune_start_epoch", "resolved_settings_": "resolved",
     "data_summary_": "data_summary", "results_": "results", "run_dir_": "run_dir",
 }
+_SPLITS = {"train_files_": data.TRAIN, "val_files_": data.VALIDATION, "test_files_": data.TEST}  # None after load
 
 
 class ImageClassifier:
@@ -58,10 +59,12 @@ class ImageClassifier:
         self.backbone = backbone
 
     def __getattr__(self, name):
-        if name in _FITTED:  # only reached when not set directly: delegate to the fitted model
+        if name in _FITTED or name in _SPLITS:  # only reached when not set directly: the fitted model's
             trained = self.__dict__.get("trained_")
             if trained is None:
                 raise AttributeError(f"{name} is set by fit() or ImageClassifier.load(); this classifier is not trained.")
+            if name in _SPLITS:
+                return (trained.splits or {}).get(_SPLITS[name])
             return getattr(trained, _FITTED[name])
         raise AttributeError(f"'ImageClassifier' object has no attribute {name!r}")
 
