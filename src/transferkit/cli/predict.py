@@ -29,10 +29,10 @@ def predict(
     from transferkit.deploy.predictor import Predictor
 
     predictor = Predictor(run_dir, runtime=runtime, verbose=0 if (as_json or as_csv) else 1)
-    if explain_dir is not None and predictor.classifier is None:
+    if explain_dir is not None and predictor.trained is None:
         raise ConfigError("--explain (Grad-CAM) needs the Keras model: pass the run folder, not an exported model.")
     predictions = predictor.predict(inputs, top_k=top_k, batch_size=batch_size)
-    overlays = _explain_predictions(predictor.classifier, predictions, explain_dir)
+    overlays = _explain_predictions(predictor.trained, predictions, explain_dir)
     if as_json:
         print(json.dumps([
             {"path": p.path, "label": p.label, "confidence": p.confidence,
@@ -70,8 +70,10 @@ def _print_throughput(predictor) -> None:
                   f"({stats['description']}, batch {stats['batch_size']})", highlight=False, soft_wrap=True)
 
 
-def _explain_predictions(classifier, predictions, explain_dir) -> dict:
+def _explain_predictions(trained, predictions, explain_dir) -> dict:
     """Grad-CAM overlays for the predicted class of each classified image: {path: overlay path}."""
     if explain_dir is None or not predictions:
         return {}
-    return {e.path: e.overlay_path for e in classifier.explain([p.path for p in predictions], out=explain_dir)}
+    from transferkit.analysis.explain import explain_images
+
+    return {e.path: e.overlay_path for e in explain_images(trained, [p.path for p in predictions], out=explain_dir)}
