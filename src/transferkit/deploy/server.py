@@ -107,7 +107,7 @@ class Batcher:
         self.pending = 0
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="transferkit-infer")
         self.task: asyncio.Task | None = None
-        self.batches = self.images = 0
+        self.batches = self.images = self.largest = 0  # served so far, for tests and logs
 
     def start(self) -> None:
         self.queue = asyncio.Queue()
@@ -165,6 +165,7 @@ class Batcher:
                 continue
             self.batches += 1
             self.images += len(live)
+            self.largest = max(self.largest, len(live))
             for (_, future), row in zip(live, probabilities):
                 if not future.done():
                     future.set_result(row)
