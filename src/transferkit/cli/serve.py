@@ -28,8 +28,13 @@ def serve(
     Ctrl-C or SIGTERM stops it after answering the requests in flight.
     """
     setup_logging(quiet=False)
-    from transferkit.deploy.server import ServerLimits, serve as run_server
     from transferkit.errors import ConfigError
+
+    try:
+        from transferkit.deploy.server import ServerLimits, serve as run_server
+    except ImportError as error:
+        raise ConfigError(f"`transferkit serve` needs {error.name}, which is not installed: "
+                          "pip install 'transferkit[serve]' (fastapi, uvicorn, python-multipart).") from error
 
     if max_upload_mb <= 0:
         raise ConfigError(f"--max-upload-mb must be above 0, got {max_upload_mb}.")
