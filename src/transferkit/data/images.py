@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
-from typing import Sequence
+from typing import BinaryIO, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -29,13 +30,27 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(path: str | os.PathLike, size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode one file to a uint8 RGB array; with `size`, its centre size x size square
-    (shorter side resized to `size`, the longer one cropped to it)."""
-    with Image.open(path) as image:
+class PixelLimitError(DataError):
+    """An image whose header declares more pixels than allowed (refused before decoding)."""
+
+
+def load_image(path: str | os.PathLike | BinaryIO, size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+               name: str | None = None) -> np.ndarray:
+    """Decode one file (a path or a binary file object) to a uint8 RGB array; with `size`,
+    its centre size x size square (shorter side resized to `size`, the longer one cropped to it).
+
+    The pixel count is checked from the header, before any pixel is decoded, so a
+    decompression bomb costs nothing. `name` labels the image in errors (default: the path).
+    """
+    name = name or str(path)
+    try:
+        opened = Image.open(path)
+    except Image.DecompressionBombError as error:  # Pillow's own, far higher, limit
+        raise PixelLimitError(f"{name}: {error} The limit here is {max_pixels} pixels.") from None
+    with opened as image:
         if image.width * image.height > max_pixels:
-            raise DataError(
-                f"{path}: {image.width}x{image.height} pixels is above the limit of {max_pixels} "
+            raise PixelLimitError(
+                f"{name}: {image.width}x{image.height} pixels is above the limit of {max_pixels} "
                 "(a possible decompression bomb); downscale the file to use it."
             )
         if size is not None:
@@ -47,6 +62,12 @@ def load_image(path: str | os.PathLike, size: int | None = None, max_pixels: int
             # images; squashing distorts shapes (bench/resize_probe.py, BENCHMARKS.md).
             image = ImageOps.fit(image, (size, size), Image.Resampling.BILINEAR)
         return np.asarray(image, dtype=np.uint8)
+
+
+def load_image_bytes(data: bytes, size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                     name: str = "upload") -> np.ndarray:
+    """`load_image` on an image held in memory (an HTTP upload), so it sees the same pixels as a file would."""
+    return load_image(io.BytesIO(data), size, max_pixels, name=name)
 
 
 def _load_or_flag(path: bytes, size: np.int64) -> tuple[np.ndarray, bool]:

@@ -190,6 +190,21 @@ class Predictor:
             runtime, paths, self.image_size, len(self.classes), batch_size, bool(self.verbose), self.source)
         return probabilities
 
+    def predict_images(self, images: np.ndarray) -> np.ndarray:
+        """(n, n_classes) probabilities for images already decoded by `data.load_image` at
+        `image_size` (uint8 or float, 0-255): the server's path, which decodes uploads in memory."""
+        from transferkit.modeling.classifier import to_class_probabilities
+
+        images = np.asarray(images, dtype=np.float32)
+        if images.ndim != 4 or images.shape[1:] != (self.image_size, self.image_size, 3):
+            raise ConfigError(f"images must have shape (n, {self.image_size}, {self.image_size}, 3), got {images.shape}.")
+        runtime = self._runtime_for(len(images), [])
+        probabilities = to_class_probabilities(runtime(images), len(self.classes))
+        if probabilities.shape[1] != len(self.classes):
+            raise RunDirError(f"'{self.source}' outputs {probabilities.shape[1]} class scores but names "
+                              f"{len(self.classes)} classes; its labels file does not belong to it.")
+        return probabilities
+
     def predict(self, inputs, top_k: int = 1, batch_size: int | None = None) -> list:
         """Label and confidence per image (`Prediction`); folders searched recursively,
         non-image and unreadable files skipped with a warning."""
