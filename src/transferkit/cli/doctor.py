@@ -55,7 +55,7 @@ def _print_doctor_report(result, per_code: Optional[int]) -> None:
 
     from rich.markup import escape
 
-    from transferkit.data.doctor import ERROR, INFO, WARNING
+    from transferkit.data.findings import ERROR, INFO, WARNING
 
     def shown(path: str) -> str:
         relative = os.path.relpath(path, result.data_dir)
