@@ -99,11 +99,14 @@ class ImageClassifier:
             trained, plan = pipeline.train(resolved, data_dir, val_dir, out_dir, resume=_resume)
             self.trained_ = trained
             self.cached_views_, self.backbone_images_processed_ = plan.cached_views, plan.backbone_images
+            held_out = self._fit_open_set(trained)
             if len(trained.splits[data.TEST]):
                 test = self.evaluate(split="test")
                 trained.results.update(test_images=test["images"], test_accuracy=test["accuracy"])
             if out_dir is not None:
                 self.save(out_dir, overwrite=True)
+                if held_out is not None:
+                    _write_reliability(trained, held_out, out_dir)
             trained.results["seconds"] = round(time.perf_counter() - started, 2)
             if out_dir is not None:  # the final figure includes saving time
                 trained.write_config(out_dir)
@@ -112,6 +115,14 @@ class ImageClassifier:
                 if not trained.results["interrupted"]:  # an interrupted run keeps its checkpoint for resume()
                     shutil.rmtree(out_dir / rundir.CHECKPOINT_DIR, ignore_errors=True)
         return self
+
+    def _fit_open_set(self, trained: TrainedModel):
+        """Temperature and unknown detector from the run's own split (see `analysis.ood`)."""
+        from transferkit.analysis.ood import fit_open_set
+
+        if trained.results.get("interrupted"):
+            return None
+        return fit_open_set(trained, batch_size=self.batch_size)
 
     @classmethod
     def resume(cls, run_dir, verbose: int = 1) -> "ImageClassifier":
@@ -178,6 +189,9 @@ class ImageClassifier:
             source = str(data_dir)
         result = evaluation.evaluate_files(trained, files, batch_size or self.batch_size, source, missing, extra)
         metrics = result.metrics()
+        from transferkit.analysis.calibration import evaluation_calibration
+
+        metrics["calibration"] = evaluation_calibration(result.probabilities, result.labels, trained.calibration)
         if out is not None:
             metrics["files"] = evaluation.write_evaluation(result, out)
         return metrics
@@ -257,6 +271,16 @@ class ImageClassifier:
 
         return export_trained(self._trained(), format, out, run_dir=run_dir, calibration_images=calibration_images,
                               parity_images=parity_images, overwrite=overwrite)
+
+
+def _write_reliability(trained: TrainedModel, held_out, run_dir) -> None:
+    """reliability.png: the validation images' confidence against accuracy, before and after scaling."""
+    from transferkit.analysis.calibration import plot_reliability
+    from transferkit.modeling.openset import softmax, two_class_logits
+
+    logits = two_class_logits(held_out.logits)
+    plot_reliability(softmax(logits), softmax(logits / trained.temperature), held_out.labels,
+                     Path(run_dir) / rundir.RELIABILITY_FILE)
 
 
 def _check_positive_int(name: str, value, allow_none: bool = True) -> None:
