@@ -90,8 +90,11 @@ def out_of_fold_probabilities(features, labels, folds: int, seed: int = 42) -> n
 def audit_folder(data_dir, backbone: str = "mobilenet_v2", image_size: int | None = None, weights_dir=None,
                  folds: int = DEFAULT_FOLDS, seed: int = 42) -> AuditResult:
     """Suspected mislabelled files of a class-per-folder dataset, most suspicious first."""
-    from cleanlab.filter import find_label_issues
-    from cleanlab.rank import get_label_quality_scores
+    try:
+        from cleanlab.filter import find_label_issues
+        from cleanlab.rank import get_label_quality_scores
+    except ImportError as error:
+        raise ConfigError("`transferkit audit` needs cleanlab: pip install 'transferkit[audit]'.") from error
 
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
         raise ConfigError(f"folds must be a whole number >= 2, got {folds!r}.")
