@@ -23,6 +23,11 @@ def test_fit_temperature_recovers_an_overconfident_scale():
     assert after < before / 2
 
 
+def test_perfectly_separated_validation_keeps_temperature_one():
+    logits = np.array([[3.0, 0.0], [0.0, 2.0], [4.0, 1.0], [0.0, 5.0]])
+    assert fit_temperature(logits, np.array([0, 1, 0, 1])) == 1.0
+
+
 def test_sigmoid_logit_is_scaled_like_two_class_softmax():
     p = np.array([[0.1, 0.9], [0.7, 0.3]])
     scaled = apply_temperature(p, 2.0)

@@ -31,8 +31,8 @@ def fit_temperature(logits, labels) -> float:
     from scipy.optimize import minimize_scalar
 
     logits, labels = two_class_logits(logits), np.asarray(labels, int)
-    if len(labels) < MIN_IMAGES:
-        return 1.0
+    if len(labels) < MIN_IMAGES or (logits.argmax(1) == labels).all():
+        return 1.0  # all correct: NLL falls as T -> 0, which would only make the model sharper than it earned
     low, high = np.log(TEMPERATURE_RANGE)
     result = minimize_scalar(lambda log_t: nll(logits, labels, float(np.exp(log_t))), bounds=(low, high),
                              method="bounded", options={"xatol": 1e-4})
