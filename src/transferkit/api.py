@@ -91,6 +91,9 @@ class ImageClassifier:
         folder is locked against a second writer and every epoch is checkpointed in
         `out/checkpoint/`, so a killed run continues with `ImageClassifier.resume(out)`.
         """
+        from transferkit.analysis.calibration import write_reliability
+        from transferkit.analysis.ood import fit_open_set
+
         started = time.perf_counter()
         resolved = self.settings().resolve()
         pipeline.check_folders(data_dir, val_dir)
@@ -102,11 +105,15 @@ class ImageClassifier:
             trained, plan = pipeline.train(resolved, data_dir, val_dir, out_dir, resume=_resume)
             self.trained_ = trained
             self.cached_views_, self.backbone_images_processed_ = plan.cached_views, plan.backbone_images
+            # temperature and unknown detector, from the run's own split (see `analysis.ood`)
+            held_out = None if trained.results["interrupted"] else fit_open_set(trained, batch_size=self.batch_size)
             if len(trained.splits[data.TEST]):
                 test = self.evaluate(split="test")
                 trained.results.update(test_images=test["images"], test_accuracy=test["accuracy"])
             if out_dir is not None:
                 self.save(out_dir, overwrite=True)
+                if held_out is not None:
+                    write_reliability(trained, held_out, out_dir)
             trained.results["seconds"] = round(time.perf_counter() - started, 2)
             if out_dir is not None:  # the final figure includes saving time
                 trained.write_config(out_dir)
@@ -169,6 +176,7 @@ class ImageClassifier:
         are written there. Unreadable images are skipped and listed under "unreadable".
         """
         from transferkit.analysis import evaluation
+        from transferkit.analysis.calibration import evaluation_calibration
 
         trained = self._trained()
         _check_positive_int("batch_size", batch_size)
@@ -181,6 +189,7 @@ class ImageClassifier:
             source = str(data_dir)
         result = evaluation.evaluate_files(trained, files, batch_size or self.batch_size, source, missing, extra)
         metrics = result.metrics()
+        metrics["calibration"] = evaluation_calibration(result.probabilities, result.labels, trained.calibration)
         if out is not None:
             metrics["files"] = evaluation.write_evaluation(result, out)
         return metrics

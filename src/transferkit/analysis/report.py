@@ -284,6 +284,23 @@ def _augmentation_section(trained, result: evaluation.Evaluation, report: _Repor
                 f"The model's own augmentation block, called with training=True: {description}.")
 
 
+def _calibration_section(trained, run_dir: Path) -> str:
+    c = trained.calibration
+    if not c:
+        return '<p class="note">No calibration.json: this run predates calibrated confidence; confidences are unscaled.</p>'
+    rows = [["temperature", _fmt(c["temperature"])], ["ECE before", _fmt(c["ece_before"])],
+            ["ECE after", _fmt(c["ece_after"])], ["held-out images", str(c["images"])]]
+    if trained.ood:
+        rows.append(["unknown score", f"{trained.ood['method']}, threshold {_fmt(trained.ood['threshold'])} "
+                                      f"(accepts {trained.ood['accept_rate']:.0%} of validation images)"])
+    body = _table(["", ""], rows)
+    figure = run_dir / "reliability.png"
+    if figure.is_file():
+        body += _img(figure, "reliability diagram", "Confidence against accuracy on the validation split, "
+                     "before and after temperature scaling; the diagonal is perfect calibration.")
+    return body
+
+
 def _curves_section(trained, report: _Report) -> str:
     from transferkit.analysis.figures import plot_learning_curves
 
@@ -338,6 +355,7 @@ def write_report(trained, run_dir=None, *, gradcam_images: int = GRADCAM_IMAGES,
                        validated(lambda: _augmentation_section(trained, result, report, draws)))
         report.section("curves", "Learning curves", lambda: _curves_section(trained, report))
         report.section("metrics", "Validation metrics", validated(lambda: _metrics_section(result)))
+        report.section("calibration", "Calibration", lambda: _calibration_section(trained, run_dir))
 
         def confusion():
             path = report.figure_path("confusion_matrix")

@@ -36,6 +36,10 @@ def evaluate(
         f"[bold]{metrics['source']}[/]: {metrics['images']} images, accuracy [bold]{pct(metrics['accuracy'])}[/], "
         f"log loss {metrics['loss']:.3f}" + "".join(f", {e}" for e in extra), highlight=False,
     )
+    if metrics.get("calibration"):
+        c = metrics["calibration"]
+        out.print(f"calibration: temperature {c['temperature']:.3f}, ECE {c['ece']:.3f} "
+                  f"(uncalibrated {c['ece_uncalibrated']:.3f})", highlight=False)
     table = Table("class", "precision", "recall", "F1", "support")
     for name, m in metrics["per_class"].items():
         table.add_row(name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))

@@ -22,6 +22,9 @@ def predict(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV instead of a table."),
     explain_dir: Optional[Path] = typer.Option(None, "--explain", help="Also write a Grad-CAM overlay per image (predicted class) into this folder.", show_default=False),
+    reject: bool = typer.Option(True, "--reject/--no-reject", help="Flag images unlike the training images as unknown (run folders trained with an unknown detector; exports: by max-softmax). --no-reject: plain labels, as before."),
+    accept_rate: Optional[float] = typer.Option(None, help="Share of in-distribution (validation) images to accept, e.g. 0.95 (the run's default); lower rejects more.", show_default=False),
+    threshold: Optional[float] = typer.Option(None, help="Unknown when the score is above this (overrides --accept-rate).", show_default=False),
     runtime: str = typer.Option("auto", help="auto: the fastest available (for a run folder, a TFLite copy that passed the parity check, else Keras); or keras, tflite, savedmodel, onnx."),
 ):
     """Label each image with the trained classifier (label and confidence); images/s on stderr."""
@@ -29,29 +32,37 @@ def predict(
     from transferkit.deploy.predictor import Predictor
 
     predictor = Predictor(run_dir, runtime=runtime, verbose=0 if (as_json or as_csv) else 1)
-    if explain_dir is not None and predictor.trained is None:
+    if explain_dir is not None and predictor.kind != "run":
         raise ConfigError("--explain (Grad-CAM) needs the Keras model: pass the run folder, not an exported model.")
-    predictions = predictor.predict(inputs, top_k=top_k, batch_size=batch_size)
+    predictions = predictor.predict(inputs, top_k=top_k, batch_size=batch_size, reject=reject,
+                                    accept_rate=accept_rate, threshold=threshold)
+    scored = any(p.unknown is not None for p in predictions)
     overlays = _explain_predictions(predictor.trained, predictions, explain_dir)
     if as_json:
         print(json.dumps([
             {"path": p.path, "label": p.label, "confidence": p.confidence,
              "top_k": [{"label": label, "probability": prob} for label, prob in p.top_k],
+             "unknown": p.unknown, "score": p.score,
              **({"gradcam": overlays.get(p.path)} if explain_dir is not None else {})}
             for p in predictions
         ], indent=2))
     elif as_csv:
         writer = csv.writer(sys.stdout)
-        writer.writerow(["path", "label", "confidence"] + [f"top{i + 1}" for i in range(1, top_k)])
+        writer.writerow(["path", "label", "confidence", "unknown", "score"] + [f"top{i + 1}" for i in range(1, top_k)])
         for p in predictions:
-            writer.writerow([p.path, p.label, f"{p.confidence:.6f}"] + [f"{label}:{prob:.6f}" for label, prob in p.top_k[1:]])
+            writer.writerow([p.path, p.label, f"{p.confidence:.6f}", "" if p.unknown is None else int(p.unknown),
+                             "" if p.score is None else f"{p.score:.6f}"]
+                            + [f"{label}:{prob:.6f}" for label, prob in p.top_k[1:]])
     else:
-        table = Table("path", "label", "confidence", *(["top-k"] if top_k > 1 else []))
+        table = Table("path", "label", "confidence", *(["unknown", "score"] if scored else []),
+                      *(["top-k"] if top_k > 1 else []))
         for p in predictions:
             extra = [", ".join(f"{label} {prob:.1%}" for label, prob in p.top_k)] if top_k > 1 else []
-            table.add_row(p.path, p.label, f"{p.confidence:.1%}", *extra)
+            flags = ["[bold red]unknown[/]" if p.unknown else "", f"{p.score:.3f}"] if scored else []
+            table.add_row(p.path, p.label, f"{p.confidence:.1%}", *flags, *extra)
         out.print(table)
-        out.print(f"{len(predictions)} image(s) classified.")
+        unknown = sum(bool(p.unknown) for p in predictions)
+        out.print(f"{len(predictions)} image(s) classified" + (f", {unknown} flagged unknown." if scored else "."))
     if explain_dir is not None and not as_json:
         err.print(f"{len(overlays)} Grad-CAM overlay(s) written to {explain_dir}", highlight=False)
     _print_throughput(predictor)
@@ -76,4 +87,4 @@ def _explain_predictions(trained, predictions, explain_dir) -> dict:
         return {}
     from transferkit.analysis.explain import explain_images
 
-    return {e.path: e.overlay_path for e in explain_images(trained, [p.path for p in predictions], out=explain_dir)}
+    return {e.path: e.overlay_path for e in explain_images(trained, [p.path for p in predictions], None, explain_dir)}

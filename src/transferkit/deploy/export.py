@@ -261,7 +261,26 @@ def _metadata(trained, format: str, model_digest: str | None) -> dict:
         "backbone": trained.backbone,
         "model_digest": model_digest,
         "transferkit_version": __version__,
+        **_open_set_metadata(trained),
     }
+
+
+def _open_set_metadata(trained) -> dict:
+    """Temperature and a max-softmax unknown threshold: what a probabilities-only model can carry.
+
+    The run's own feature-based unknown score needs the pooled features, which exports do not output.
+    """
+    extra = {}
+    if trained.calibration:
+        extra["calibration"] = {"method": "temperature", "temperature": trained.temperature,
+                                "apply": "softmax(logits / temperature); for sigmoid, sigmoid(logit / temperature)"}
+    if trained.ood and "msp_threshold" in trained.ood:
+        extra["unknown"] = {
+            "method": "msp", "score": "1 - max calibrated probability; unknown when score > threshold",
+            "threshold": float(trained.ood["msp_threshold"]), "accept_rate": float(trained.ood["accept_rate"]),
+            "val_scores": [round(float(v), 6) for v in trained.ood["msp_val_scores"]],
+        }
+    return extra
 
 
 # One SavedModel per model and process, written by Keras's own export: the savedmodel
@@ -377,7 +396,7 @@ def _size_of(path: Path) -> int:
 
 def parity_check(trained, export_path, paths: Sequence[str], threshold: float) -> dict:
     """Top-1 agreement of the export with the Keras model on `paths` (readable ones)."""
-    expected = trained.predict_proba(paths)
+    expected = trained.predict_proba(paths, calibrated=False)  # exports output uncalibrated probabilities
     kind = export_kind(export_path)
     classes = classes_of_export(Path(export_path), kind)
     if list(classes) != list(trained.classes):

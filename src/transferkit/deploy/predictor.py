@@ -31,6 +31,8 @@ from transferkit.deploy.runtimes import (
     open_export, predict_files, read_export_info,
 )
 from transferkit.errors import ConfigError, DataError, RunDirError, TransferkitError
+from transferkit.analysis.ood import check_accept_rate
+from transferkit.modeling.openset import apply_temperature
 from transferkit.runs.trained import TrainedModel
 
 logger = logging.getLogger("transferkit")
@@ -47,6 +49,8 @@ class Prediction:
     label: str
     confidence: float
     top_k: tuple[tuple[str, float], ...]  # (label, probability), most probable first
+    unknown: bool | None = None  # score above the run's threshold; None where no detector is at hand
+    score: float | None = None  # unknown score, higher = less like the training images
 
 
 class Predictor:
@@ -188,7 +192,7 @@ class Predictor:
         runtime = self._runtime_for(len(paths), paths) if paths else self._runtime
         probabilities, self.last_stats = predict_files(
             runtime, paths, self.image_size, len(self.classes), batch_size, bool(self.verbose), self.source)
-        return probabilities
+        return apply_temperature(probabilities, self.temperature)
 
     def predict_images(self, images: np.ndarray) -> np.ndarray:
         """(n, n_classes) probabilities for images already decoded by `data.load_image` at
@@ -203,27 +207,95 @@ class Predictor:
         if probabilities.shape[1] != len(self.classes):
             raise RunDirError(f"'{self.source}' outputs {probabilities.shape[1]} class scores but names "
                               f"{len(self.classes)} classes; its labels file does not belong to it.")
-        return probabilities
+        return apply_temperature(probabilities, self.temperature)
 
-    def predict(self, inputs, top_k: int = 1, batch_size: int | None = None) -> list:
+    @property
+    def temperature(self) -> float | None:
+        """The run's (or export's) fitted temperature; None for models without a calibration."""
+        if self.kind == "run":
+            return self.trained.temperature
+        return ((self._export_info() or {}).get("calibration") or {}).get("temperature")
+
+    def _export_info(self) -> dict | None:
+        return read_export_info(self.source) if self.kind != "run" else None
+
+    @property
+    def can_reject(self) -> bool:
+        """Whether this model has an unknown detector (run folders since ood.json; exports: max-softmax)."""
+        if self.kind == "run":
+            return self.trained.ood is not None
+        return bool((self._export_info() or {}).get("unknown"))
+
+    def predict_with_scores(self, paths: Sequence[str], batch_size: int | None = None, *,
+                            accept_rate: float | None = None, threshold: float | None = None):
+        """(probabilities, unknown scores, threshold): scores/threshold None without a detector.
+
+        A run folder's score needs the pooled features, so this runs its Keras model (one pass for both).
+        """
+        from transferkit.modeling import openset
+
+        if accept_rate is not None:
+            check_accept_rate(accept_rate)
+        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
+            raise ConfigError(f"threshold must be a number (an unknown score), got {threshold!r}.")
+        paths = [str(p) for p in paths]
+        if not self.can_reject:
+            return self.predict_proba(paths, batch_size), None, None
+        if self.kind != "run":
+            probabilities = self.predict_proba(paths, batch_size)
+            unknown = self._export_info()["unknown"]
+            scores = openset.msp_score(probabilities)
+            if threshold is None:
+                threshold = (openset.threshold_for(unknown["val_scores"], accept_rate) if accept_rate is not None
+                             else float(unknown["threshold"]))
+            return probabilities, scores, float(threshold)
+        trained = self.trained
+        started = time.perf_counter()
+        features, logits = trained.predict_features(paths, batch_size or 32)
+        probabilities = openset.softmax(openset.two_class_logits(logits) / (trained.temperature or 1.0))
+        probabilities[np.isnan(logits).any(axis=1)] = np.nan
+        scores = trained.unknown_scores(features, logits)
+        seconds = time.perf_counter() - started
+        self.last_stats = {"images": len(paths), "seconds": seconds, "batch_size": batch_size or 32,
+                           "images_per_second": len(paths) / seconds if seconds > 0 and paths else None,
+                           "description": "Keras, with pooled features for the unknown score", "runtime": "keras"}
+        if threshold is None:
+            threshold = trained.unknown_threshold(accept_rate)
+        return probabilities, scores, float(threshold)
+
+    def predict(self, inputs, top_k: int = 1, batch_size: int | None = None, *, reject: bool = True,
+                accept_rate: float | None = None, threshold: float | None = None) -> list:
         """Label and confidence per image (`Prediction`); folders searched recursively,
-        non-image and unreadable files skipped with a warning."""
+        non-image and unreadable files skipped with a warning.
+
+        With `reject` and a model that has an unknown detector, each prediction also says
+        whether the image looks unlike anything trained on (`unknown`, `score`); the
+        threshold is the run's (about 95 % of validation images accepted), or the one for
+        `accept_rate`, or `threshold` itself.
+        """
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ConfigError(f"top_k must be a positive integer, got {top_k!r}.")
         paths = data.expand_image_paths(inputs)
-        return rank(paths, self.predict_proba(paths, batch_size), self.classes, top_k)
+        if not reject:
+            return rank(paths, self.predict_proba(paths, batch_size), self.classes, top_k)
+        probabilities, scores, limit = self.predict_with_scores(paths, batch_size, accept_rate=accept_rate,
+                                                                threshold=threshold)
+        return rank(paths, probabilities, self.classes, top_k, scores, limit)
 
 
-def rank(paths: Sequence[str], probabilities: np.ndarray, classes: Sequence[str], top_k: int) -> list:
-    """`Prediction`s for the readable rows, classes by falling probability."""
+def rank(paths: Sequence[str], probabilities: np.ndarray, classes: Sequence[str], top_k: int,
+         scores: np.ndarray | None = None, threshold: float | None = None) -> list:
+    """`Prediction`s for the readable rows, classes by falling probability; `unknown` where score > threshold."""
     k = min(top_k, len(classes))
     predictions = []
-    for path, row in zip(paths, probabilities):
+    for i, (path, row) in enumerate(zip(paths, probabilities)):
         if np.isnan(row).any():
             continue
         order = np.argsort(-row, kind="stable")[:k]
-        ranked = tuple((classes[i], float(row[i])) for i in order)
-        predictions.append(Prediction(path, ranked[0][0], ranked[0][1], ranked))
+        ranked = tuple((classes[j], float(row[j])) for j in order)
+        score = float(scores[i]) if scores is not None else None
+        unknown = bool(score > threshold) if score is not None and threshold is not None else None
+        predictions.append(Prediction(path, ranked[0][0], ranked[0][1], ranked, unknown, score))
     return predictions
 
 

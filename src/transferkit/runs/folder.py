@@ -31,6 +31,9 @@ CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.csv"
 SPLIT_FILE = "split.csv"
 SKIPPED_FILE = "skipped.csv"
+CALIBRATION_FILE = "calibration.json"  # temperature and ECE before/after (runs trained since it existed)
+RELIABILITY_FILE = "reliability.png"
+OOD_FILE, OOD_ARRAYS_FILE = "ood.json", "ood.npz"  # the unknown detector: settings + feature arrays
 CHECKPOINT_DIR = "checkpoint"  # per-epoch weights and state while training; removed when it finishes
 REQUIRED_FILES = (MODEL_FILE, CLASSES_FILE, CONFIG_FILE)
 
@@ -175,3 +178,39 @@ def read_split(run_dir, split: str = VALIDATION, classes: Sequence[str] | None =
     if not paths:
         raise RunDirError(f"'{path}' lists no {split} files.")
     return LabelledFiles(tuple(paths), tuple(labels), tuple(classes))
+
+
+def read_calibration(run_dir) -> dict | None:
+    """calibration.json, or None for a run without one (it then predicts uncalibrated, as before)."""
+    path = Path(run_dir) / CALIBRATION_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise RunDirError(f"'{path}' cannot be read ({error}); delete it to predict uncalibrated.") from error
+
+
+def write_ood(run_dir, ood: dict) -> None:
+    """Scalars to ood.json, arrays to ood.npz (both atomically)."""
+    import numpy as np
+
+    arrays = {k: v for k, v in ood.items() if isinstance(v, np.ndarray)}
+    write_json(Path(run_dir) / OOD_FILE, {k: v for k, v in ood.items() if k not in arrays})
+    with atomic_path(Path(run_dir) / OOD_ARRAYS_FILE) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def read_ood(run_dir) -> dict | None:
+    """The unknown detector of a run, or None for a run without one (predictions then say unknown=None)."""
+    import numpy as np
+
+    path, arrays = Path(run_dir) / OOD_FILE, Path(run_dir) / OOD_ARRAYS_FILE
+    if not path.is_file() or not arrays.is_file():
+        return None
+    try:
+        with np.load(arrays) as loaded:
+            return {**json.loads(path.read_text(encoding="utf-8")), **{k: loaded[k] for k in loaded.files}}
+    except (OSError, ValueError) as error:
+        raise RunDirError(f"'{path}' or '{arrays}' cannot be read ({error}); delete both to predict without "
+                          "unknown rejection.") from error

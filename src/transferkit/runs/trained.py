@@ -42,6 +42,10 @@ class TrainedModel:
     run_dir: Path | None = None
     file_hashes: dict[str, str] = field(default_factory=dict)
     skipped: list[dict] = field(default_factory=list)
+    # calibration.json: {"temperature", "ece_before", "ece_after", ...}; None for runs without one
+    calibration: dict | None = None
+    # ood.json + ood.npz: {"method", "threshold", "accept_rate", ..., arrays}; None for runs without one
+    ood: dict | None = None
 
     @property
     def fine_tune_start_epoch(self) -> int | None:
@@ -70,9 +74,18 @@ class TrainedModel:
 
     # -- inference ----------------------------------------------------------------------
 
-    def predict_proba(self, paths: Sequence[str], batch_size: int | None = None, verbose: bool = False) -> np.ndarray:
-        """(n, n_classes) probabilities for image files, in order; rows of unreadable files are NaN."""
+    @property
+    def temperature(self) -> float | None:
+        return float(self.calibration["temperature"]) if self.calibration else None
+
+    def predict_proba(self, paths: Sequence[str], batch_size: int | None = None, verbose: bool = False,
+                      calibrated: bool = True) -> np.ndarray:
+        """(n, n_classes) probabilities for image files, in order; rows of unreadable files are NaN.
+
+        With a calibration.json (and `calibrated`), temperature-scaled: same top-1, honest confidence.
+        """
         from transferkit.modeling.classifier import to_class_probabilities
+        from transferkit.modeling.openset import apply_temperature
 
         paths = [str(p) for p in paths]
         probabilities = np.full((len(paths), len(self.classes)), np.nan)
@@ -86,7 +99,62 @@ class TrainedModel:
                 probabilities[rows: rows + len(ok)][ok] = batch[ok]
                 rows += len(ok)
                 advance(len(ok))
-        return probabilities
+        return apply_temperature(probabilities, self.temperature) if calibrated else probabilities
+
+    def feature_model(self):
+        """Image -> (pooled backbone features, head logits): one pass gives both."""
+        import keras
+
+        from transferkit.modeling.classifier import head_layers
+
+        final = head_layers(self.model)[-1]
+        if getattr(self, "_feature_model", None) is None:
+            self._feature_model = keras.Model(self.model.inputs,
+                                              [self.model.get_layer("pool").output, final.input])
+        return self._feature_model, final
+
+    def predict_features(self, paths: Sequence[str], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        """(pooled features (n, d), logits (n, c)) for image files; rows of unreadable files are NaN."""
+        from transferkit.modeling.openset import two_class_logits
+
+        paths = [str(p) for p in paths]
+        features_model, final = self.feature_model()
+        kernel, bias = (np.asarray(w, np.float64) for w in final.get_weights())
+        dim = int(self.model.get_layer("pool").output.shape[-1])
+        features = np.full((len(paths), dim), np.nan, np.float32)
+        logits = np.full((len(paths), len(self.classes)), np.nan)
+        rows = 0
+        for images, ok in data.make_dataset(paths, None, self.image_size, batch_size, drop_unreadable=False):
+            pooled, penultimate = (np.asarray(t) for t in features_model.predict_on_batch(images))
+            ok = ok.numpy()
+            features[rows: rows + len(ok)][ok] = pooled[ok]
+            logits[rows: rows + len(ok)][ok] = two_class_logits(penultimate.astype(np.float64) @ kernel + bias)[ok]
+            rows += len(ok)
+        return features, logits
+
+    def unknown_scores(self, features, logits, method: str | None = None) -> np.ndarray:
+        """The run's unknown score (higher: less like the training images); needs an ood.json."""
+        from transferkit.modeling import openset
+
+        if not self.ood:
+            raise ConfigError("This run has no unknown detector (ood.json); it was trained before transferkit had one.")
+        method = method or self.ood["method"]
+        temperature = self.temperature or 1.0
+        if method == "knn":
+            return openset.knn_score(features, self.ood["bank"], int(self.ood.get("k", openset.DEFAULT_K)))
+        if method == "mahalanobis":
+            return openset.mahalanobis_score(features, self.ood["means"], self.ood["precision"])
+        if method == "energy":
+            return openset.energy_score(logits, temperature)
+        return openset.msp_score(openset.softmax(openset.two_class_logits(logits) / temperature))
+
+    def unknown_threshold(self, accept_rate: float | None = None) -> float:
+        """The score threshold: the stored one, or the one accepting `accept_rate` of validation images."""
+        from transferkit.modeling.openset import threshold_for
+
+        if accept_rate is None:
+            return float(self.ood["threshold"])
+        return threshold_for(self.ood["val_scores"], accept_rate)
 
     # -- the run folder -----------------------------------------------------------------
 
@@ -124,6 +192,10 @@ class TrainedModel:
             ]
             rundir.write_csv(run_dir / rundir.SPLIT_FILE, rows)
             rundir.write_csv(run_dir / rundir.SKIPPED_FILE, self.skipped, ["path", "class", "split", "code", "reason"])
+        if self.calibration is not None:
+            rundir.write_json(run_dir / rundir.CALIBRATION_FILE, self.calibration)
+        if self.ood is not None:
+            rundir.write_ood(run_dir, self.ood)
         return run_dir
 
     @classmethod
@@ -152,4 +224,6 @@ class TrainedModel:
             data_summary=config.get("data", {}),
             results=config.get("results", {}),
             run_dir=run_dir,
+            calibration=rundir.read_calibration(run_dir),
+            ood=rundir.read_ood(run_dir),
         )

@@ -1,0 +1,45 @@
+"""Unknown rejection on real images: alpaca photos are not hand gestures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+
+def test_alpaca_photos_are_unknown_to_an_rps_model(rps_run, alpaca_photos):
+    from transferkit.deploy.predictor import Predictor
+
+    _, run_dir = rps_run
+    ood = json.loads((run_dir / "ood.json").read_text())
+    assert ood["method"] == "knn" and ood["accept_rate"] == 0.95
+    predictor = Predictor(run_dir)
+    validation = [str(p) for p in predictor.trained.split("validation").paths]
+    far = predictor.predict(alpaca_photos)
+    near = predictor.predict(validation)
+    far_rate = np.mean([p.unknown for p in far])
+    val_rate = np.mean([p.unknown for p in near])
+    assert len(far) == len(alpaca_photos) and all(p.score is not None for p in far)
+    assert far_rate >= 0.8 and far_rate > val_rate + 0.5
+    assert val_rate <= 0.2
+    assert np.median([p.score for p in far]) > np.median([p.score for p in near])
+    # a stricter accept rate never accepts more; --no-reject leaves the fields empty
+    strict = predictor.predict(validation, accept_rate=0.5)
+    assert sum(p.unknown for p in strict) >= sum(p.unknown for p in near)
+    assert all(p.unknown is None for p in predictor.predict(alpaca_photos[:2], reject=False))
+    assert all(p.unknown for p in predictor.predict(alpaca_photos[:2], threshold=-1.0))
+
+
+def test_predict_cli_shows_unknown(rps_run, alpaca_photos):
+    _, run_dir = rps_run
+    command = [sys.executable, "-m", "transferkit", "predict", str(run_dir), *alpaca_photos[:3], "--json"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [r["unknown"] for r in rows].count(True) >= 2 and all(isinstance(r["score"], float) for r in rows)
+    result = subprocess.run(command + ["--no-reject"], capture_output=True, text=True, timeout=300)
+    assert all(r["unknown"] is None for r in json.loads(result.stdout))
+    bad = subprocess.run(command + ["--accept-rate", "1.5"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "accept_rate" in bad.stderr + bad.stdout
