@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from transferkit import data
+from transferkit.data import sources
 from transferkit.deploy.predictor import Prediction, rank
 from transferkit.errors import ConfigError, RunDirError
 from transferkit.runs import folder as rundir
@@ -79,7 +80,7 @@ class ImageClassifier:
 
     # -- training -----------------------------------------------------------------
 
-    def fit(self, data_dir, *, val_dir=None, out=None, overwrite: bool = False,
+    def fit(self, data_dir, *, val_dir=None, out=None, overwrite: bool = False, tfds_data_dir=None,
             _resume: bool = False) -> "ImageClassifier":
         """Train on `data_dir` (one sub-folder per class); save the run to `out` if given.
 
@@ -87,9 +88,13 @@ class ImageClassifier:
         `data_dir` drawn with `seed`. Every check runs before training. With `out`, the
         folder is locked against a second writer and every epoch is checkpointed in
         `out/checkpoint/`, so a killed run continues with `ImageClassifier.resume(out)`.
+        `data_dir` may also be a source spec (`tfds:NAME[:SPLIT]`, an archive URL; see
+        `transferkit.data.sources`), materialised once as local class folders.
         """
         started = time.perf_counter()
         resolved = self.settings().resolve()
+        source = str(data_dir)
+        data_dir = self._local(data_dir, tfds_data_dir)
         pipeline.check_folders(data_dir, val_dir)
         out_dir = rundir.check_output_dir(out, overwrite or _resume) if out is not None else None
         purpose = "transferkit train --resume" if _resume else "transferkit train"
@@ -97,6 +102,7 @@ class ImageClassifier:
             if out_dir is not None:
                 rundir.check_output_dir(out_dir, overwrite or _resume)  # again, now that no one else writes
             trained, plan = pipeline.train(resolved, data_dir, val_dir, out_dir, resume=_resume)
+            trained.data_summary["source"] = source
             self.trained_ = trained
             self.cached_views_, self.backbone_images_processed_ = plan.cached_views, plan.backbone_images
             if len(trained.splits[data.TEST]):
@@ -112,6 +118,10 @@ class ImageClassifier:
                 if not trained.results["interrupted"]:  # an interrupted run keeps its checkpoint for resume()
                     shutil.rmtree(out_dir / rundir.CHECKPOINT_DIR, ignore_errors=True)
         return self
+
+    def _local(self, data_dir, tfds_data_dir=None) -> Path:
+        """The local folder of a DATA_DIR that may be a source spec (a plain path comes back as is)."""
+        return sources.resolve_source(data_dir, tfds_data_dir=tfds_data_dir, cache_dir=self.cache_dir)
 
     @classmethod
     def resume(cls, run_dir, verbose: int = 1) -> "ImageClassifier":
@@ -156,7 +166,7 @@ class ImageClassifier:
         return rank(paths, self.predict_proba(paths, batch_size), trained.classes, top_k)
 
     def evaluate(self, data_dir=None, batch_size: int | None = None, *, out=None, allow_class_subset: bool = False,
-                 run_dir=None, split: str = "validation") -> dict:
+                 run_dir=None, split: str = "validation", tfds_data_dir=None) -> dict:
         """Accuracy, per-class precision/recall/F1, confusion matrix, ROC-AUC or top-k, log loss.
 
         On a labelled folder, or (`data_dir=None`) on the run's own validation (or
@@ -174,8 +184,9 @@ class ImageClassifier:
         if data_dir is None:
             files, missing, extra, source = trained.split(split, run_dir), [], [], f"{split} split"
         else:
-            files, missing, extra = evaluation.labelled_folder(data_dir, trained.classes, allow_class_subset)
             source = str(data_dir)
+            files, missing, extra = evaluation.labelled_folder(self._local(data_dir, tfds_data_dir), trained.classes,
+                                                               allow_class_subset)
         result = evaluation.evaluate_files(trained, files, batch_size or self.batch_size, source, missing, extra)
         metrics = result.metrics()
         if out is not None:
@@ -232,13 +243,13 @@ class ImageClassifier:
 
         return layer_table(backbone_of(self._trained().model))
 
-    def preview(self, data_dir, out, draws: int = 8, image=None) -> dict:
+    def preview(self, data_dir, out, draws: int = 8, image=None, tfds_data_dir=None) -> dict:
         """Sample grid and augmentation preview of `data_dir` with this classifier's settings; no training."""
         from transferkit.analysis.preview import preview_dataset
 
         trained = self.__dict__.get("trained_")
         size = trained.image_size if trained is not None else self.settings().resolve().image_size
-        return preview_dataset(data_dir, out, self.augment, size, self.seed, draws, image)
+        return preview_dataset(self._local(data_dir, tfds_data_dir), out, self.augment, size, self.seed, draws, image)
 
     def report(self, run_dir=None) -> Path:
         """(Re)build report.html in the run directory; returns its path."""

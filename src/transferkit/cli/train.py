@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from transferkit.cli.app import command, out, pct, setup_logging
-from transferkit.cli.options import DataDir, with_settings
+from transferkit.cli.options import DataDir, TfdsDataDir, with_settings
 from transferkit.errors import ConfigError
 from transferkit.settings import DATA, OUTPUT
 
@@ -31,9 +31,11 @@ def train(
     val_dir: Annotated[Optional[Path], typer.Option(
         help="Separate validation folder with the same classes (replaces --val-split).", rich_help_panel=DATA,
         show_default=False)] = None,
+    tfds_data_dir: TfdsDataDir = None,
 ):
     """Train a classifier on DATA_DIR: head on a frozen backbone, then fine-tuning; saves a run folder."""
     from transferkit.api import ImageClassifier
+    from transferkit.data.sources import source_name
     from transferkit.runs.folder import next_free_dir
 
     setup_logging(quiet=as_json)
@@ -44,8 +46,8 @@ def train(
         classifier = ImageClassifier.resume(out_dir, verbose=verbose)
     else:
         classifier = ImageClassifier(**{**settings, "verbose": verbose})
-        out_dir = out_dir or next_free_dir(Path("runs") / (data_dir.resolve().name or "run"))
-        classifier.fit(data_dir, val_dir=val_dir, out=out_dir, overwrite=overwrite)
+        out_dir = out_dir or next_free_dir(Path("runs") / source_name(data_dir))
+        classifier.fit(data_dir, val_dir=val_dir, out=out_dir, overwrite=overwrite, tfds_data_dir=tfds_data_dir)
     print_results(classifier.results_, as_json)
 
 
