@@ -81,7 +81,7 @@ class ImageClassifier:
     # -- training -----------------------------------------------------------------
 
     def fit(self, data_dir, *, val_dir=None, out=None, overwrite: bool = False, tfds_data_dir=None,
-            _resume: bool = False) -> "ImageClassifier":
+            mlflow_uri: str | None = None, _resume: bool = False) -> "ImageClassifier":
         """Train on `data_dir` (one sub-folder per class); save the run to `out` if given.
 
         Validation comes from `val_dir` when given, otherwise a stratified `val_split` of
@@ -89,7 +89,8 @@ class ImageClassifier:
         folder is locked against a second writer and every epoch is checkpointed in
         `out/checkpoint/`, so a killed run continues with `ImageClassifier.resume(out)`.
         `data_dir` may also be a source spec (`tfds:NAME[:SPLIT]`, an archive URL; see
-        `transferkit.data.sources`), materialised once as local class folders.
+        `transferkit.data.sources`), materialised once as local class folders. A run folder
+        gets `tensorboard/` event files; `mlflow_uri` also tracks the run in MLflow.
         """
         started = time.perf_counter()
         resolved = self.settings().resolve()
@@ -101,7 +102,17 @@ class ImageClassifier:
         with run_folder_lock(out_dir, purpose) if out_dir is not None else contextlib.nullcontext():
             if out_dir is not None:
                 rundir.check_output_dir(out_dir, overwrite or _resume)  # again, now that no one else writes
-            trained, plan = pipeline.train(resolved, data_dir, val_dir, out_dir, resume=_resume)
+            board, tracker = self._loggers(out_dir, mlflow_uri, source)
+            loggers = tuple(x for x in (board, tracker) if x is not None)
+            try:
+                trained, plan = pipeline.train(resolved, data_dir, val_dir, out_dir, resume=_resume, loggers=loggers)
+            except BaseException:
+                if tracker is not None:
+                    tracker.finish(None, {}, status="FAILED")
+                raise
+            finally:
+                if board is not None:
+                    board.writer.flush()
             trained.data_summary["source"] = source
             self.trained_ = trained
             self.cached_views_, self.backbone_images_processed_ = plan.cached_views, plan.backbone_images
@@ -117,7 +128,43 @@ class ImageClassifier:
                     self.report(out_dir)
                 if not trained.results["interrupted"]:  # an interrupted run keeps its checkpoint for resume()
                     shutil.rmtree(out_dir / rundir.CHECKPOINT_DIR, ignore_errors=True)
+            if board is not None:
+                self._log_figures(board, out_dir)
+            if tracker is not None:
+                tracker.finish(out_dir, trained.results)
         return self
+
+    def _loggers(self, out_dir, mlflow_uri, source):
+        """(TensorBoard logger into RUN/tensorboard or None, MLflow logger or None)."""
+        from transferkit.training.callbacks import TENSORBOARD_DIR, TensorBoardLogger
+
+        board = TensorBoardLogger(Path(out_dir) / TENSORBOARD_DIR) if out_dir is not None else None
+        tracker = None
+        if mlflow_uri:
+            from transferkit.training.tracking import MlflowLogger
+
+            params = {**self.settings().to_json(), "data_source": source}
+            tracker = MlflowLogger(mlflow_uri, Path(out_dir).name if out_dir is not None else None, params,
+                                   tags={"transferkit.source": source})
+        return board, tracker
+
+    def _log_figures(self, board, out_dir: Path) -> None:
+        """Sample grid, learning curves and the validation confusion matrix as TensorBoard images."""
+        import tempfile
+
+        from transferkit.analysis.evaluation import plot_confusion_matrix
+
+        trained = self._trained()
+        step = len(trained.history)
+        with tempfile.TemporaryDirectory() as tmp:
+            matrix = None
+            if len(trained.split(data.VALIDATION)):
+                metrics = self.evaluate(split="validation", run_dir=out_dir)
+                matrix = plot_confusion_matrix(metrics["confusion_matrix"], trained.classes,
+                                               Path(tmp) / "confusion_matrix.png", title="Validation confusion matrix")
+            board.log_images({"samples": out_dir / "samples.png", "learning_curves": out_dir / "learning_curves.png",
+                              "confusion_matrix/validation": matrix}, step=step)
+        board.close()
 
     def _local(self, data_dir, tfds_data_dir=None) -> Path:
         """The local folder of a DATA_DIR that may be a source spec (a plain path comes back as is)."""

@@ -32,6 +32,13 @@ def train(
         help="Separate validation folder with the same classes (replaces --val-split).", rich_help_panel=DATA,
         show_default=False)] = None,
     tfds_data_dir: TfdsDataDir = None,
+    mlflow: Annotated[bool, typer.Option(
+        "--mlflow", help="Also track the run in MLflow (params, per-epoch metrics, the run folder as artifacts).",
+        rich_help_panel=OUTPUT)] = False,
+    mlflow_uri: Annotated[Optional[str], typer.Option(
+        "--mlflow-uri", help="MLflow tracking store for --mlflow (default: "
+        "sqlite:///mlflow.db in the current folder, artifacts in ./mlartifacts). Implies --mlflow.", rich_help_panel=OUTPUT,
+        show_default=False)] = None,
 ):
     """Train a classifier on DATA_DIR: head on a frozen backbone, then fine-tuning; saves a run folder."""
     from transferkit.api import ImageClassifier
@@ -47,7 +54,12 @@ def train(
     else:
         classifier = ImageClassifier(**{**settings, "verbose": verbose})
         out_dir = out_dir or next_free_dir(Path("runs") / source_name(data_dir))
-        classifier.fit(data_dir, val_dir=val_dir, out=out_dir, overwrite=overwrite, tfds_data_dir=tfds_data_dir)
+        if mlflow and not mlflow_uri:
+            from transferkit.training.tracking import default_uri
+
+            mlflow_uri = default_uri()
+        classifier.fit(data_dir, val_dir=val_dir, out=out_dir, overwrite=overwrite, tfds_data_dir=tfds_data_dir,
+                       mlflow_uri=mlflow_uri if (mlflow or mlflow_uri) else None)
     print_results(classifier.results_, as_json)
 
 
