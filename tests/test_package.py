@@ -18,7 +18,7 @@ LAYERS = [
     {"training"},
     {"analysis"},
     {"deploy"},
-    {"api", "serve", "__init__"},
+    {"api", "serve", "run_logging", "__init__"},
     {"cli", "__main__"},
 ]
 MAX_LINES, MAX_API_LINES = 500, 300

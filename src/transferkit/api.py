@@ -1,17 +1,14 @@
 """`ImageClassifier`: the Python API that the CLI is a thin layer over.
 
-Follows scikit-learn's conventions: the constructor only stores settings (declared
-once, in `transferkit.settings`), `fit` learns (attributes ending in `_`),
-`predict`/`predict_proba`/`evaluate` use the learned model, `save`/`load` round-trip
-a run folder. The work itself is done by the pipeline's layers; what `fit` leaves
-behind is a `TrainedModel` (`trained_`), which everything downstream takes.
+scikit-learn's conventions: the constructor only stores settings (declared once, in
+`transferkit.settings`), `fit` learns (attributes ending in `_`), the rest use the learned
+model. What `fit` leaves behind is a `TrainedModel` (`trained_`), which everything below takes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import json
 import shutil
 import time
@@ -21,12 +18,14 @@ from typing import Sequence
 import numpy as np
 
 from transferkit import data
+from transferkit.data import sources
 from transferkit.deploy.predictor import Prediction, rank
+from transferkit.run_logging import log_figures, run_loggers
 from transferkit.errors import ConfigError, RunDirError
 from transferkit.runs import folder as rundir
 from transferkit.runs.lock import run_folder_lock
 from transferkit.runs.trained import TrainedModel
-from transferkit.settings import Interval, Settings
+from transferkit.settings import Settings, check_positive_int
 from transferkit.training import pipeline
 from transferkit.training.callbacks import STATE_FILE
 
@@ -82,27 +81,43 @@ class ImageClassifier:
 
     # -- training -----------------------------------------------------------------
 
-    def fit(self, data_dir, *, val_dir=None, out=None, overwrite: bool = False,
-            _resume: bool = False) -> "ImageClassifier":
+    def fit(self, data_dir, *, val_dir=None, out=None, overwrite: bool = False, tfds_data_dir=None,
+            mlflow_uri: str | None = None, _resume: bool = False) -> "ImageClassifier":
         """Train on `data_dir` (one sub-folder per class); save the run to `out` if given.
 
         Validation comes from `val_dir` when given, otherwise a stratified `val_split` of
         `data_dir` drawn with `seed`. Every check runs before training. With `out`, the
         folder is locked against a second writer and every epoch is checkpointed in
         `out/checkpoint/`, so a killed run continues with `ImageClassifier.resume(out)`.
+        `data_dir` may also be a source spec (`tfds:NAME[:SPLIT]`, an archive URL; see
+        `transferkit.data.sources`), materialised once as local class folders. A run folder
+        gets `tensorboard/` event files; `mlflow_uri` also tracks the run in MLflow.
         """
         from transferkit.analysis.calibration import write_reliability
         from transferkit.analysis.ood import fit_open_set
 
         started = time.perf_counter()
         resolved = self.settings().resolve()
+        source = str(data_dir)
+        data_dir = self._local(data_dir, tfds_data_dir)
         pipeline.check_folders(data_dir, val_dir)
         out_dir = rundir.check_output_dir(out, overwrite or _resume) if out is not None else None
         purpose = "transferkit train --resume" if _resume else "transferkit train"
         with run_folder_lock(out_dir, purpose) if out_dir is not None else contextlib.nullcontext():
             if out_dir is not None:
                 rundir.check_output_dir(out_dir, overwrite or _resume)  # again, now that no one else writes
-            trained, plan = pipeline.train(resolved, data_dir, val_dir, out_dir, resume=_resume)
+            board, tracker = run_loggers(self.settings(), out_dir, mlflow_uri, source)
+            loggers = tuple(x for x in (board, tracker) if x is not None)
+            try:
+                trained, plan = pipeline.train(resolved, data_dir, val_dir, out_dir, resume=_resume, loggers=loggers)
+            except BaseException:
+                if tracker is not None:
+                    tracker.finish(None, {}, status="FAILED")
+                raise
+            finally:
+                if board is not None:
+                    board.writer.flush()
+            trained.data_summary["source"] = source
             self.trained_ = trained
             self.cached_views_, self.backbone_images_processed_ = plan.cached_views, plan.backbone_images
             # temperature and unknown detector, from the run's own split (see `analysis.ood`)
@@ -121,7 +136,15 @@ class ImageClassifier:
                     self.report(out_dir)
                 if not trained.results["interrupted"]:  # an interrupted run keeps its checkpoint for resume()
                     shutil.rmtree(out_dir / rundir.CHECKPOINT_DIR, ignore_errors=True)
+            if board is not None:
+                log_figures(self, board, out_dir)
+            if tracker is not None:
+                tracker.finish(out_dir, trained.results)
         return self
+
+    def _local(self, data_dir, tfds_data_dir=None) -> Path:
+        """The local folder of a DATA_DIR that may be a source spec (a plain path comes back as is)."""
+        return sources.resolve_source(data_dir, tfds_data_dir=tfds_data_dir, cache_dir=self.cache_dir)
 
     @classmethod
     def resume(cls, run_dir, verbose: int = 1) -> "ImageClassifier":
@@ -152,7 +175,7 @@ class ImageClassifier:
 
         Rows of files that cannot be decoded are NaN (and a warning names the file).
         """
-        _check_positive_int("batch_size", batch_size)
+        check_positive_int("batch_size", batch_size)
         return self._trained().predict_proba(paths, batch_size or self.batch_size, verbose=bool(self.verbose))
 
     def predict(self, inputs, top_k: int = 1, batch_size: int | None = None) -> list[Prediction]:
@@ -161,12 +184,12 @@ class ImageClassifier:
         Non-image and unreadable files are skipped with a warning.
         """
         trained = self._trained()
-        _check_positive_int("top_k", top_k, allow_none=False)
+        check_positive_int("top_k", top_k, allow_none=False)
         paths = data.expand_image_paths(inputs)
         return rank(paths, self.predict_proba(paths, batch_size), trained.classes, top_k)
 
     def evaluate(self, data_dir=None, batch_size: int | None = None, *, out=None, allow_class_subset: bool = False,
-                 run_dir=None, split: str = "validation") -> dict:
+                 run_dir=None, split: str = "validation", tfds_data_dir=None) -> dict:
         """Accuracy, per-class precision/recall/F1, confusion matrix, ROC-AUC or top-k, log loss.
 
         On a labelled folder, or (`data_dir=None`) on the run's own validation (or
@@ -179,14 +202,15 @@ class ImageClassifier:
         from transferkit.analysis.calibration import evaluation_calibration
 
         trained = self._trained()
-        _check_positive_int("batch_size", batch_size)
+        check_positive_int("batch_size", batch_size)
         if not isinstance(allow_class_subset, bool):
             raise ConfigError(f"allow_class_subset must be True or False, got {allow_class_subset!r}.")
         if data_dir is None:
             files, missing, extra, source = trained.split(split, run_dir), [], [], f"{split} split"
         else:
-            files, missing, extra = evaluation.labelled_folder(data_dir, trained.classes, allow_class_subset)
             source = str(data_dir)
+            files, missing, extra = evaluation.labelled_folder(self._local(data_dir, tfds_data_dir), trained.classes,
+                                                               allow_class_subset)
         result = evaluation.evaluate_files(trained, files, batch_size or self.batch_size, source, missing, extra)
         metrics = result.metrics()
         metrics["calibration"] = evaluation_calibration(result.probabilities, result.labels, trained.calibration)
@@ -244,13 +268,13 @@ class ImageClassifier:
 
         return layer_table(backbone_of(self._trained().model))
 
-    def preview(self, data_dir, out, draws: int = 8, image=None) -> dict:
+    def preview(self, data_dir, out, draws: int = 8, image=None, tfds_data_dir=None) -> dict:
         """Sample grid and augmentation preview of `data_dir` with this classifier's settings; no training."""
         from transferkit.analysis.preview import preview_dataset
 
         trained = self.__dict__.get("trained_")
         size = trained.image_size if trained is not None else self.settings().resolve().image_size
-        return preview_dataset(data_dir, out, self.augment, size, self.seed, draws, image)
+        return preview_dataset(self._local(data_dir, tfds_data_dir), out, self.augment, size, self.seed, draws, image)
 
     def report(self, run_dir=None) -> Path:
         """(Re)build report.html in the run directory; returns its path."""
@@ -271,17 +295,5 @@ class ImageClassifier:
                               parity_images=parity_images, overwrite=overwrite)
 
 
-def _check_positive_int(name: str, value, allow_none: bool = True) -> None:
-    if value is None and allow_none:
-        return
-    if not Interval(int, 0, None, "neither").accepts(value):
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}.")
-
-
 # `help(ImageClassifier)` and `inspect.signature` show every setting with its default.
-ImageClassifier.__init__.__signature__ = inspect.Signature(
-    [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-    + [inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD if f.name == "backbone"
-                         else inspect.Parameter.KEYWORD_ONLY, default=getattr(_DEFAULTS, f.name))
-       for f in Settings.fields()]
-)
+ImageClassifier.__init__.__signature__ = Settings.signature(positional="backbone")

@@ -11,6 +11,7 @@ resolved values.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,6 +151,14 @@ class Settings:
         return dataclasses.fields(cls)
 
     @classmethod
+    def signature(cls, positional: str) -> inspect.Signature:
+        """`(self, positional, *, every other setting)`, each with its default: for the API's help."""
+        kind = lambda name: inspect.Parameter.POSITIONAL_OR_KEYWORD if name == positional \
+            else inspect.Parameter.KEYWORD_ONLY  # noqa: E731
+        return inspect.Signature([inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)] + [
+            inspect.Parameter(f.name, kind(f.name), default=getattr(cls(), f.name)) for f in cls.fields()])
+
+    @classmethod
     def names(cls) -> list[str]:
         return [f.name for f in cls.fields()]
 
@@ -208,3 +217,11 @@ class ResolvedSettings:
     augmentation: Augmentation
     fine_tune_at: int | str
     fine_tune_learning_rate: float
+
+
+def check_positive_int(name: str, value, allow_none: bool = True) -> None:
+    """For the arguments of a call (not settings): None, or a positive integer."""
+    if value is None and allow_none:
+        return
+    if not POSITIVE_INT.accepts(value):
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}.")

@@ -10,11 +10,12 @@ from rich.table import Table
 from transferkit.data.files import DEFAULT_MAX_PIXELS
 from transferkit.data.findings import DEFAULT_MIN_SIZE, NEAR_DISTANCE
 from transferkit.cli.app import command, err, out, setup_logging
+from transferkit.cli.options import DataDir, TfdsDataDir
 
 
 @command()
 def doctor(
-    data_dir: Path = typer.Argument(..., help="Folder with one sub-folder of images per class.", show_default=False),
+    data_dir: DataDir,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (findings, class counts, duplicates) instead of the report."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Refuse, undecoded, any image with more pixels (decompression bombs); warn above half of it."),
     min_size: int = typer.Option(DEFAULT_MIN_SIZE, help="Warn about images whose shorter side has fewer pixels."),
@@ -23,6 +24,7 @@ def doctor(
     test_dir: Optional[Path] = typer.Option(None, help="Test folder with the same classes: scanned too, and checked for leaks.", show_default=False),
     cache: Optional[Path] = typer.Option(None, help="JSON cache file (outside the scanned folders): a re-run decodes only changed files.", show_default=False),
     show_all: bool = typer.Option(False, "--all", help="List every finding; by default the report shows the first 10 of each problem (--json always has all)."),
+    tfds_data_dir: TfdsDataDir = None,
 ):
     """Decode every file of DATA_DIR and report, per file, what training would skip and why; nothing is written there.
 
@@ -33,6 +35,9 @@ def doctor(
     from rich.progress import Progress
 
     from transferkit.data.doctor import scan_dataset
+    from transferkit.data.sources import resolve_source
+
+    data_dir = resolve_source(data_dir, tfds_data_dir=tfds_data_dir)
 
     with Progress(console=err, transient=True, disable=as_json) as bar:
         task = bar.add_task("decoding images", total=None)

@@ -8,25 +8,28 @@ import typer
 from rich.table import Table
 
 from transferkit.cli.app import command, load_run, out, pct, setup_logging
+from transferkit.cli.options import TfdsDataDir
+from transferkit.data.sources import source_name
 
 
 @command()
 def evaluate(
     run_dir: Path = typer.Argument(..., help="A run folder written by `transferkit train`.", show_default=False),
-    data_dir: Optional[Path] = typer.Argument(None, help="Labelled folder, one sub-folder per class (default: the run's validation split, from split.csv).", show_default=False),
+    data_dir: Optional[str] = typer.Argument(None, help="Labelled folder, one sub-folder per class, or a source (tfds:NAME:SPLIT, an archive URL) (default: the run's validation split, from split.csv).", show_default=False),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for metrics.json, predictions.csv, misclassified.csv/.png and confusion_matrix.png (default: RUN_DIR/evaluation/<validation or DATA_DIR name>).", show_default=False),
     allow_class_subset: bool = typer.Option(False, help="Evaluate on the classes DATA_DIR shares with the model when they differ."),
     split: str = typer.Option("validation", help="Without DATA_DIR: the run's 'validation' or 'test' split."),
     batch_size: int = typer.Option(32, help="Images per inference batch."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
+    tfds_data_dir: TfdsDataDir = None,
 ):
     """Accuracy, per-class precision/recall/F1, confusion matrix, ROC-AUC or top-k, log loss and the mistakes."""
     setup_logging(quiet=as_json)
     classifier = load_run(run_dir, verbose=not as_json)
     if out_dir is None:
-        out_dir = run_dir / "evaluation" / (split if data_dir is None else (data_dir.resolve().name or "data"))
+        out_dir = run_dir / "evaluation" / (split if data_dir is None else source_name(data_dir))
     metrics = classifier.evaluate(data_dir, batch_size, out=out_dir, allow_class_subset=allow_class_subset,
-                                  run_dir=run_dir, split=split)
+                                  run_dir=run_dir, split=split, tfds_data_dir=tfds_data_dir)
     if as_json:
         print(json.dumps(metrics, indent=2))
         return

@@ -26,7 +26,12 @@ _CLI_TYPES = {"image_size": Optional[int], "weights_dir": Optional[Path], "augme
 _FLAGS = {"cache": ("--cache/--no-cache",), "write_report": ("--report/--no-report",)}
 
 RunDir = Annotated[Path, typer.Argument(help="A run folder written by `transferkit train`.", show_default=False)]
-DataDir = Annotated[Path, typer.Argument(help="Folder with one sub-folder of images per class.", show_default=False)]
+DataDir = Annotated[str, typer.Argument(
+    help="Folder with one sub-folder of images per class, or tfds:NAME[:SPLIT], or an http(s) .zip/.tar.gz URL "
+    "(optionally #sha256=HEX); see `transferkit datasets`.", show_default=False)]
+TfdsDataDir = Annotated[Optional[Path], typer.Option(
+    "--tfds-data-dir", envvar="TFDS_DATA_DIR", help="Where prepared TensorFlow Datasets live, for tfds:NAME "
+    "(nothing is downloaded).", show_default=False)]
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the summary.")]
 
 # Per-transform overrides of the augmentation preset (train, preview).

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 import typer
 
 from transferkit.cli.app import command, out, setup_logging
-from transferkit.cli.options import DataDir, with_settings
+from transferkit.cli.options import DataDir, TfdsDataDir, with_settings
 
 
 @command()
@@ -20,14 +20,17 @@ def preview(
     draws: Annotated[int, typer.Option(help="Random augmentation draws of the previewed image.")] = 8,
     image: Annotated[Optional[Path], typer.Option(
         help="Image to show under augmentation (default: one of the samples).", show_default=False)] = None,
+    tfds_data_dir: TfdsDataDir = None,
 ):
     """Show a dataset before training: labelled sample grid, and one image under random augmentation draws."""
     from transferkit.api import ImageClassifier
+    from transferkit.data.sources import source_name
 
     setup_logging(quiet=False)
     if out_dir is None:
-        out_dir = Path("runs") / f"{data_dir.resolve().name or 'data'}-preview"
-    result = ImageClassifier(**settings, verbose=0).preview(data_dir, out_dir, draws=draws, image=image)
+        out_dir = Path("runs") / f"{source_name(data_dir)}-preview"
+    result = ImageClassifier(**settings, verbose=0).preview(data_dir, out_dir, draws=draws, image=image,
+                                                                tfds_data_dir=tfds_data_dir)
     counts = ", ".join(f"{name} {n}" for name, n in result["class_counts"].items())
     out.print(f"{len(result['classes'])} classes, {result['images']} images ({counts})", highlight=False)
     out.print(f"sample grid: {result['samples']}", highlight=False)

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from transferkit.cli.app import command, out, pct, setup_logging
-from transferkit.cli.options import DataDir, with_settings
+from transferkit.cli.options import DataDir, TfdsDataDir, with_settings
 from transferkit.errors import ConfigError
 from transferkit.settings import DATA, OUTPUT
 
@@ -31,9 +31,18 @@ def train(
     val_dir: Annotated[Optional[Path], typer.Option(
         help="Separate validation folder with the same classes (replaces --val-split).", rich_help_panel=DATA,
         show_default=False)] = None,
+    tfds_data_dir: TfdsDataDir = None,
+    mlflow: Annotated[bool, typer.Option(
+        "--mlflow", help="Also track the run in MLflow (params, per-epoch metrics, the run folder as artifacts).",
+        rich_help_panel=OUTPUT)] = False,
+    mlflow_uri: Annotated[Optional[str], typer.Option(
+        "--mlflow-uri", help="MLflow tracking store for --mlflow (default: "
+        "sqlite:///mlflow.db in the current folder, artifacts in ./mlartifacts). Implies --mlflow.", rich_help_panel=OUTPUT,
+        show_default=False)] = None,
 ):
     """Train a classifier on DATA_DIR: head on a frozen backbone, then fine-tuning; saves a run folder."""
     from transferkit.api import ImageClassifier
+    from transferkit.data.sources import source_name
     from transferkit.runs.folder import next_free_dir
 
     setup_logging(quiet=as_json)
@@ -44,8 +53,13 @@ def train(
         classifier = ImageClassifier.resume(out_dir, verbose=verbose)
     else:
         classifier = ImageClassifier(**{**settings, "verbose": verbose})
-        out_dir = out_dir or next_free_dir(Path("runs") / (data_dir.resolve().name or "run"))
-        classifier.fit(data_dir, val_dir=val_dir, out=out_dir, overwrite=overwrite)
+        out_dir = out_dir or next_free_dir(Path("runs") / source_name(data_dir))
+        if mlflow and not mlflow_uri:
+            from transferkit.training.tracking import default_uri
+
+            mlflow_uri = default_uri()
+        classifier.fit(data_dir, val_dir=val_dir, out=out_dir, overwrite=overwrite, tfds_data_dir=tfds_data_dir,
+                       mlflow_uri=mlflow_uri if (mlflow or mlflow_uri) else None)
     print_results(classifier.results_, as_json)
 
 

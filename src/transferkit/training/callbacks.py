@@ -144,3 +144,62 @@ class StopOnCtrlC(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self._previous is not None and not self.requested:
             signal.signal(signal.SIGINT, self._previous)
+
+
+TENSORBOARD_DIR = "tensorboard"
+
+
+class TensorBoardLogger(keras.callbacks.Callback):
+    """Per-epoch scalars of both stages into one event file, numbered by the run's epoch (not the stage's).
+
+    One writer across both fit() calls, so `tensorboard --logdir runs/` draws each run as
+    one continuous curve; the first epoch of stage 2 is marked by `fine_tuning/started`.
+    Summaries are written with TensorFlow's own `tf.summary.write` and TensorBoard's
+    plugin names, so runs are logged even where the `tensorboard` package is not installed.
+    """
+
+    def __init__(self, folder: Path):
+        super().__init__()
+        import tensorflow as tf
+
+        self._tf = tf
+        self.writer = tf.summary.create_file_writer(str(folder))
+        self.stage = 1
+        self._marked: set[int] = set()
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = epoch + 1
+        with self.writer.as_default():
+            for key, value in (logs or {}).items():
+                split = "validation" if key.startswith("val_") else "train"
+                self._write(f"{key.removeprefix('val_')}/{split}", float(value), step, "scalars")
+            learning_rate = getattr(self.model.optimizer, "learning_rate", None)
+            if learning_rate is not None:
+                self._write("learning_rate", float(keras.ops.convert_to_numpy(learning_rate)), step, "scalars")
+            self._write("stage", float(self.stage), step, "scalars")
+            if self.stage > 1 and self.stage not in self._marked:
+                self._marked.add(self.stage)
+                self._write("fine_tuning/started", 1.0, step, "scalars")
+                self._write("fine_tuning/note", f"stage {self.stage} starts at epoch {step}", step, "text")
+        self.writer.flush()
+
+    def _write(self, tag: str, value, step: int, plugin: str) -> None:
+        from tensorflow.core.framework import summary_pb2
+
+        metadata = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=plugin))
+        dtype = self._tf.float32 if plugin == "scalars" else self._tf.string
+        self._tf.summary.write(tag, self._tf.constant(value, dtype=dtype), step=step, metadata=metadata)
+
+    def log_images(self, pngs: dict, step: int = 0) -> None:
+        """Add PNG files (samples, confusion matrix, learning curves) as TensorBoard images."""
+        tf = self._tf
+        with self.writer.as_default():
+            for name, path in pngs.items():
+                if path is not None and Path(path).is_file():
+                    png = tf.io.read_file(str(path))
+                    height, width = tf.io.decode_png(png, channels=3).shape[:2]
+                    self._write(name, [str(width).encode(), str(height).encode(), png.numpy()], step, "images")
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

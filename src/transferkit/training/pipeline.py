@@ -231,8 +231,11 @@ def fingerprint(splits: dict, data_dir, file_hashes: dict) -> str:
 
 
 def train(resolved: ResolvedSettings, data_dir, val_dir=None, out_dir: Path | None = None,
-          resume: bool = False) -> tuple[TrainedModel, StagePlan]:
-    """scan -> split -> build -> stages. With `out_dir`, every epoch is checkpointed in it."""
+          resume: bool = False, loggers: tuple = ()) -> tuple[TrainedModel, StagePlan]:
+    """scan -> split -> build -> stages. With `out_dir`, every epoch is checkpointed in it.
+
+    `loggers` are Keras callbacks that see every epoch of both stages (TensorBoard, MLflow).
+    """
     from transferkit.modeling.backbones import find_local_weights
     from transferkit.training.schedules import balanced_class_weights
 
@@ -260,7 +263,7 @@ def train(resolved: ResolvedSettings, data_dir, val_dir=None, out_dir: Path | No
     class_weights = balanced_class_weights(splits[data.TRAIN].class_counts(), s.class_weight)
     result = run_stages(model, len(classes), plan.stages, patience=s.patience, steps_per_epoch=steps,
                         class_weight=class_weights, checkpoint_dir=checkpoint_dir, resume=resume,
-                        verbose=s.verbose)
+                        verbose=s.verbose, extra_callbacks=tuple(loggers))
     resolved_json = {
         "image_size": resolved.image_size,
         "augmentation": dataclasses.asdict(resolved.augmentation),

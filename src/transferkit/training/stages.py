@@ -53,10 +53,13 @@ def run_stages(
     checkpoint_dir: Path | None = None,
     resume: bool = False,
     verbose: int = 1,
+    extra_callbacks: tuple = (),
 ) -> TrainingResult:
     """Run each stage with epochs > 0 in turn; leaves the best weights in `model`.
 
     With `checkpoint_dir`, every epoch is checkpointed there; `resume` continues from it.
+    `extra_callbacks` (loggers: TensorBoard, MLflow) see every epoch of every stage; one
+    with a `stage` attribute is told which stage runs.
     """
     result = TrainingResult()
     best = BestWeights(model)
@@ -82,6 +85,10 @@ def run_stages(
             callbacks = [best, EpochRecorder(result.history, stage.number, stage.learning_rate), ctrl_c]
             if checkpoint_dir is not None:
                 callbacks.append(Checkpoint(checkpoint_dir, model, best, result, stage.number))
+            for extra in extra_callbacks:
+                if hasattr(extra, "stage"):
+                    extra.stage = stage.number
+                callbacks.append(extra)
             if patience:
                 callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience))
             started = time.perf_counter()
