@@ -332,7 +332,8 @@ def test_cli_defaults_are_the_api_defaults():
 
     from transferkit.cli.doctor import doctor
 
-    defaults = {name: p.default.default for name, p in inspect.signature(doctor).parameters.items()}
+    defaults = {name: p.default.default for name, p in inspect.signature(doctor).parameters.items()
+                if hasattr(p.default, "default")}
     assert (defaults["max_pixels"], defaults["min_size"], defaults["near_distance"]) == (
         DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE, NEAR_DISTANCE)
 

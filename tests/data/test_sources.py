@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import RPS
+from conftest import NO_SHARED, RPS
 from transferkit.cli import app
 from transferkit.data.sources import resolve_source, source_name
 from transferkit.errors import DataError
@@ -106,6 +106,8 @@ def tfds_dir(tmp_path_factory):
     classes = ["paper", "rock", "scissors"]
     rows = {"train": [], "test": []}
     for label, name in enumerate(classes):
+        if not RPS.is_dir():
+            pytest.skip(NO_SHARED)
         files = sorted((RPS / name).glob("*.png"))[:20]
         for i, path in enumerate(files):
             image = np.asarray(Image.open(path).convert("RGB").resize((96, 96)))
