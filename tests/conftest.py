@@ -114,3 +114,43 @@ def alpaca_run(alpaca_dir, tmp_path_factory):
 def tiny_dir(tmp_path_factory) -> Path:
     """12 real images per alpaca class: for tests of plumbing rather than accuracy."""
     return copy_subset(ALPACA, tmp_path_factory.mktemp("data") / "tiny", per_class=12)
+
+
+# -- open-world tests: a tiny rock-paper-scissors copy and one run trained on it --------------
+
+TINY_RUN = dict(fine_tune_epochs=1, epochs=3, patience=None, verbose=0, write_report=False)
+
+
+def copy_spread(source: Path, dest: Path, per_class: int, stride: int) -> Path:
+    """Every `stride`-th file of each class (so several hand models), `per_class` at most."""
+    if not source.is_dir():
+        pytest.skip(NO_SHARED)
+    for class_dir in sorted(d for d in source.iterdir() if d.is_dir()):
+        (dest / class_dir.name).mkdir(parents=True)
+        for f in sorted(class_dir.iterdir())[::stride][:per_class]:
+            shutil.copy2(f, dest / class_dir.name / f.name)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def rps_tiny(tmp_path_factory) -> Path:
+    """30 real rps images per class, spread over the 7 hand models."""
+    return copy_spread(RPS, tmp_path_factory.mktemp("data") / "rps", per_class=30, stride=28)
+
+
+@pytest.fixture(scope="session")
+def rps_run(rps_tiny, tmp_path_factory):
+    """(classifier, run_dir) of one tiny real run on `rps_tiny`."""
+    from transferkit import ImageClassifier
+
+    run_dir = tmp_path_factory.mktemp("runs") / "rps"
+    return ImageClassifier(**TINY_RUN).fit(rps_tiny, out=run_dir), run_dir
+
+
+@pytest.fixture(scope="session")
+def alpaca_photos() -> list[str]:
+    """20 real alpaca / not-alpaca photos: far from any hand gesture."""
+    if not ALPACA.is_dir():
+        pytest.skip(NO_SHARED)
+    files = sorted(p for d in sorted(ALPACA.iterdir()) if d.is_dir() for p in sorted(d.iterdir()))
+    return [str(p) for p in files[::16][:20]]
