@@ -68,9 +68,10 @@ def test_validation_split_is_reproduced_from_split_csv(alpaca_run, alpaca_valida
 
     metrics = alpaca_validation.metrics()
     assert metrics["images"] == len(classifier.val_files_)
-    # Same weights, same images: the accuracy and loss training reported for its best epoch.
+    # Same weights, same images: the accuracy training reported for its best epoch. The loss is of
+    # the calibrated probabilities, whose temperature minimises the loss on these very images.
     assert metrics["accuracy"] == pytest.approx(classifier.results_["val_accuracy"], abs=1e-6)
-    assert metrics["loss"] == pytest.approx(classifier.results_["val_loss"], rel=1e-3)
+    assert metrics["loss"] <= classifier.results_["val_loss"] * (1 + 1e-3)
     assert set(metrics) >= {"images", "unreadable", "accuracy", "loss", "per_class", "macro_avg", "weighted_avg",
                             "confusion_matrix", "roc_auc", "log_loss"}
     assert "top_k_accuracy" not in metrics and 0.5 < metrics["roc_auc"] <= 1.0

@@ -19,7 +19,7 @@ from transferkit.analysis.report import REPORT_FILE, write_report
 
 runner = CliRunner()
 
-SECTIONS = ["config", "data", "samples", "augmentation", "curves", "metrics", "confusion", "misclassified",
+SECTIONS = ["config", "data", "samples", "augmentation", "curves", "metrics", "calibration", "confusion", "misclassified",
             "gradcam", "activations"]
 FIGURE_SECTIONS = [s for s in SECTIONS if s not in ("config", "data", "metrics")]
 
