@@ -59,8 +59,8 @@ def run_folder_lock(run_dir: str | os.PathLike, purpose: str) -> Iterator[Path]:
         try:
             yield run_dir
         except BaseException:
-            if created and [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:
-                shutil.rmtree(run_dir, ignore_errors=True)  # a failed start leaves nothing behind
+            if created and not (run_dir / "checkpoint" / "state.json").exists():
+                shutil.rmtree(run_dir, ignore_errors=True)  # a failed start (no epoch to resume) leaves nothing
             raise
     finally:
         handle.close()  # closing releases the lock; the file stays, harmlessly, for the next writer
