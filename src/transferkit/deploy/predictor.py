@@ -250,6 +250,8 @@ class Predictor:
                              else float(unknown["threshold"]))
             return probabilities, scores, float(threshold)
         trained = self.trained
+        if self._runtime is None:  # the unknown score needs the Keras model's pooled features
+            self._runtime = KerasRuntime(trained.model)
         started = time.perf_counter()
         features, logits = trained.predict_features(paths, batch_size or 32)
         probabilities = openset.softmax(openset.two_class_logits(logits) / (trained.temperature or 1.0))
