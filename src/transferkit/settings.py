@@ -18,6 +18,7 @@ from typing import Any
 from transferkit.errors import ConfigError
 from transferkit.modeling.augment import Augmentation, resolve_augmentation
 from transferkit.modeling.backbones import check_image_size, get_backbone
+from transferkit.modeling.forward import COMPUTE, check_compute
 
 DATA, MODEL, TRAIN, AUG, OUTPUT = "Data", "Backbone and head", "Training", "Augmentation", "Output"
 
@@ -142,6 +143,9 @@ class Settings:
         TRAIN, POSITIVE_INT)
     cache_dir: str | None = setting(
         None, "Keep activation caches here, reused across runs (default: in memory).", TRAIN, TEXT)
+    compute: str = setting(
+        "auto", "Runtime of the backbone's forward passes: 'auto' (OpenVINO where installed and agreeing with "
+        "Keras, else TensorFlow), 'openvino', 'tensorflow'.", TRAIN, OneOf(COMPUTE))
     write_report: bool = setting(True, "Write report.html into the run folder.", OUTPUT, BOOL)
     seed: int = setting(42, "Seed for the split, augmentation and initialisation.", DATA, Interval(int))
     verbose: int = setting(1, "0: silent; 1: progress bars and a summary.", OUTPUT, Interval(int, 0), cli=False)
@@ -184,6 +188,7 @@ class Settings:
     def resolve(self) -> "ResolvedSettings":
         """Validate, then fill in what depends on the backbone: image size, augmentation, fine-tuning."""
         self.validate()
+        check_compute(self.compute)
         spec = get_backbone(self.backbone)
         image_size = spec.default_size if self.image_size is None else self.image_size
         check_image_size(spec, image_size)

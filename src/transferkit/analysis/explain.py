@@ -155,7 +155,7 @@ class GradCam:
         """Low-resolution maps in [0, 1] for a batch, with the explained class and all probabilities."""
         import tensorflow as tf
 
-        from transferkit.modeling.classifier import to_class_probabilities
+        from transferkit.modeling.openset import to_class_probabilities
 
         images = tf.convert_to_tensor(images, tf.float32)
         with tf.GradientTape() as tape:

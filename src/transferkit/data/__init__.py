@@ -8,5 +8,7 @@ from transferkit.data.files import (  # noqa: F401
     class_folders, evenly_spaced, expand_image_paths, file_digest, find_images, is_image_file, list_class_folders, resolve_layout,
     walk_files,
 )
-from transferkit.data.images import PixelLimitError, load_image, load_image_bytes, make_dataset  # noqa: F401
+from transferkit.data.images import (  # noqa: F401
+    PixelLimitError, decoded_batches, load_image, load_image_bytes, make_dataset,
+)
 from transferkit.data.split import split_key, stratified_split  # noqa: F401

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import os
-from typing import BinaryIO, Sequence
+from typing import BinaryIO, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -76,6 +76,34 @@ def _load_or_flag(path: bytes, size: np.int64) -> tuple[np.ndarray, bool]:
     except Exception as error:  # noqa: BLE001 - a bad file must never stop an epoch
         logger.warning("Skipping unreadable image %s: %s", path.decode(), error)
         return np.zeros((int(size), int(size), 3), np.uint8), False
+
+
+def decoded_batches(paths: Sequence[str], image_size: int, batch_size: int, workers: int | None = None,
+                    ahead: int = 4) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(float32 images (n, size, size, 3) in 0-255, readable flags (n,)) per batch, in order, without TensorFlow.
+
+    The same decoder as `make_dataset` on a thread pool (Pillow releases the GIL while it
+    decodes and resizes), at most `ahead` batches in flight, so memory stays bounded and
+    a process that predicts on OpenVINO never imports TensorFlow.
+    """
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    def decode_batch(chunk):
+        decoded = [_load_or_flag(str(path).encode(), image_size) for path in chunk]
+        return (np.stack([image for image, _ in decoded]).astype(np.float32),
+                np.array([ok for _, ok in decoded], bool))
+
+    workers = workers or max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2))
+    chunks = (paths[i: i + batch_size] for i in range(0, len(paths), batch_size))
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append(pool.submit(decode_batch, chunk))
+            if len(pending) >= ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def make_dataset(

@@ -35,6 +35,7 @@ from typing import Sequence
 import numpy as np
 
 from transferkit import data
+from transferkit.atomic import atomic_folder
 from transferkit.runs import folder as rundir
 from transferkit.runs.lock import run_folder_lock
 from transferkit.runs.trained import TrainedModel
@@ -319,18 +320,8 @@ def _clear_saved_models() -> None:
 def _write_savedmodel(original, model, out: Path) -> None:
     """Keras's own SavedModel export (endpoint `serve`), copied beside and renamed into place."""
     source = _saved_model_dir(original, model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         shutil.copytree(source, tmp, dirs_exist_ok=True)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would make the export private
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _write_tflite(original, model, out: Path, format: str, metadata: dict, calibration: list[str],
@@ -396,7 +387,8 @@ def _size_of(path: Path) -> int:
 
 def parity_check(trained, export_path, paths: Sequence[str], threshold: float) -> dict:
     """Top-1 agreement of the export with the Keras model on `paths` (readable ones)."""
-    expected = trained.predict_proba(paths, calibrated=False)  # exports output uncalibrated probabilities
+    # exports output uncalibrated probabilities; checked against Keras itself
+    expected = trained.predict_proba(paths, calibrated=False, compute="tensorflow")
     kind = export_kind(export_path)
     classes = classes_of_export(Path(export_path), kind)
     if list(classes) != list(trained.classes):

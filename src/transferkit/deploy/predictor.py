@@ -27,8 +27,8 @@ import numpy as np
 from transferkit import data
 from transferkit.runs import folder as rundir
 from transferkit.deploy.runtimes import (
-    RUNTIMES, KerasRuntime, TFLiteRuntime, check_onnxruntime, classes_of_export, cpu_threads, export_kind,
-    open_export, predict_files, read_export_info,
+    RUNTIMES, KerasRuntime, OpenVINORuntime, TFLiteRuntime, check_onnxruntime, classes_of_export, cpu_threads,
+    export_kind, open_export, openvino_copy, predict_files, read_export_info, run_files,
 )
 from transferkit.errors import ConfigError, DataError, RunDirError, TransferkitError
 from transferkit.analysis.ood import check_accept_rate
@@ -79,7 +79,7 @@ class Predictor:
                 rundir.check_run_dir(source)
             except RunDirError as error:
                 raise RunDirError(f"{error} {hint}") from None
-        allowed = ("auto", "keras", "tflite") if kind == "run" else ("auto", kind)
+        allowed = ("auto", "openvino", "keras", "tflite") if kind == "run" else ("auto", kind)
         if runtime not in allowed:
             raise ConfigError(f"runtime {runtime!r} cannot run a {kind} model '{source}'; use one of {', '.join(allowed)}.")
         if kind == "onnx":
@@ -93,9 +93,8 @@ class Predictor:
         self._trained = None
         self._runtime = None
         if kind == "run":
-            config = rundir.read_config(source)
-            self.classes = rundir.read_classes(source)
-            self.image_size = int(config["resolved"]["image_size"])
+            self._meta = TrainedModel.load(source, with_model=False)  # classes, calibration, detector
+            self.classes, self.image_size = self._meta.classes, self._meta.image_size
         else:
             self.classes = classes_of_export(source, kind)
             self._runtime = open_export(source, kind, self.num_threads)
@@ -123,10 +122,12 @@ class Predictor:
         return self._runtime.description if self._runtime is not None else None
 
     def _runtime_for(self, n_images: int, paths: Sequence[str]):
-        """A run folder's runtime: a parity-checked float TFLite copy, else Keras."""
+        """A run folder's runtime: its checked OpenVINO copy, a parity-checked float TFLite copy, else Keras."""
         if self._runtime is not None:
             return self._runtime
-        if self.requested_runtime != "keras":
+        if self._openvino_runtime() is not None:
+            return self._runtime
+        if self.requested_runtime in ("auto", "tflite"):
             tflite = self._checked_tflite_copy()
             convert = self.requested_runtime == "tflite" or n_images >= CONVERT_MIN_IMAGES
             if tflite is None and convert:
@@ -140,6 +141,21 @@ class Predictor:
                     "use runtime 'keras' or 'auto'."
                 )
         self._runtime = KerasRuntime(self.trained.model)
+        return self._runtime
+
+    def _openvino_runtime(self) -> OpenVINORuntime | None:
+        """The run's OpenVINO copy (`RUN/openvino/`, made and checked by `train`), when allowed and at hand."""
+        if isinstance(self._runtime, OpenVINORuntime):
+            return self._runtime
+        if self._runtime is not None or self.requested_runtime not in ("auto", "openvino"):
+            return None
+        copy = openvino_copy(self.source)
+        if copy is not None:
+            self._runtime = OpenVINORuntime(*copy, num_threads=self.num_threads)
+        elif self.requested_runtime == "openvino":
+            raise ConfigError(
+                f"'{self.source}' has no OpenVINO copy of its model ('{rundir.OPENVINO_DIR}/', written by `train` "
+                "when OpenVINO is installed: pip install openvino, then train again); use runtime 'auto'.")
         return self._runtime
 
     def _checked_tflite_copy(self) -> Path | None:
@@ -197,7 +213,7 @@ class Predictor:
     def predict_images(self, images: np.ndarray) -> np.ndarray:
         """(n, n_classes) probabilities for images already decoded by `data.load_image` at
         `image_size` (uint8 or float, 0-255): the server's path, which decodes uploads in memory."""
-        from transferkit.modeling.classifier import to_class_probabilities
+        from transferkit.modeling.openset import to_class_probabilities
 
         images = np.asarray(images, dtype=np.float32)
         if images.ndim != 4 or images.shape[1:] != (self.image_size, self.image_size, 3):
@@ -213,7 +229,7 @@ class Predictor:
     def temperature(self) -> float | None:
         """The run's (or export's) fitted temperature; None for models without a calibration."""
         if self.kind == "run":
-            return self.trained.temperature
+            return self._meta.temperature
         return ((self._export_info() or {}).get("calibration") or {}).get("temperature")
 
     def _export_info(self) -> dict | None:
@@ -223,7 +239,7 @@ class Predictor:
     def can_reject(self) -> bool:
         """Whether this model has an unknown detector (run folders since ood.json; exports: max-softmax)."""
         if self.kind == "run":
-            return self.trained.ood is not None
+            return self._meta.ood is not None
         return bool((self._export_info() or {}).get("unknown"))
 
     def predict_with_scores(self, paths: Sequence[str], batch_size: int | None = None, *,
@@ -249,21 +265,38 @@ class Predictor:
                 threshold = (openset.threshold_for(unknown["val_scores"], accept_rate) if accept_rate is not None
                              else float(unknown["threshold"]))
             return probabilities, scores, float(threshold)
-        trained = self.trained
-        if self._runtime is None:  # the unknown score needs the Keras model's pooled features
-            self._runtime = KerasRuntime(trained.model)
+        trained = self._meta
         started = time.perf_counter()
-        features, logits = trained.predict_features(paths, batch_size or 32)
+        runtime = self._openvino_runtime()
+        if runtime is not None:
+            features, logits, stats = self._openvino_outputs(runtime, paths, batch_size)
+        else:  # the unknown score needs the pooled features, which only the Keras model gives
+            features, logits = self.trained.predict_features(paths, batch_size or 32)
+            seconds = time.perf_counter() - started
+            stats = {"images": len(paths), "seconds": seconds, "batch_size": batch_size or 32, "runtime": "keras",
+                     "images_per_second": len(paths) / seconds if seconds > 0 and paths else None,
+                     "description": "Keras, with pooled features for the unknown score"}
+        self.last_stats = stats
         probabilities = openset.softmax(openset.two_class_logits(logits) / (trained.temperature or 1.0))
         probabilities[np.isnan(logits).any(axis=1)] = np.nan
         scores = trained.unknown_scores(features, logits)
-        seconds = time.perf_counter() - started
-        self.last_stats = {"images": len(paths), "seconds": seconds, "batch_size": batch_size or 32,
-                           "images_per_second": len(paths) / seconds if seconds > 0 and paths else None,
-                           "description": "Keras, with pooled features for the unknown score", "runtime": "keras"}
         if threshold is None:
             threshold = trained.unknown_threshold(accept_rate)
         return probabilities, scores, float(threshold)
+
+    def _openvino_outputs(self, runtime: OpenVINORuntime, paths: Sequence[str], batch_size: int | None):
+        """(pooled features, logits, stats) of the OpenVINO copy, NaN rows for unreadable files."""
+        features = np.full((len(paths), runtime.kernel.shape[0]), np.nan, np.float32)
+        logits = np.full((len(paths), len(self.classes)), np.nan)
+
+        def store(outputs, tag):
+            row, ok = tag
+            rows = np.arange(row, row + len(ok))[ok]
+            features[rows], logits[rows] = outputs[1][ok], outputs[2][ok]
+
+        stats = run_files(runtime, paths, self.image_size, store, batch_size, bool(self.verbose),
+                          map_with=runtime.map_outputs)
+        return features, logits, stats
 
     def predict(self, inputs, top_k: int = 1, batch_size: int | None = None, *, reject: bool = True,
                 accept_rate: float | None = None, threshold: float | None = None) -> list:

@@ -94,7 +94,7 @@ def _decoded(paths: list[str], size: int) -> np.ndarray:
 
 
 def _top1_agreement(flatbuffer: bytes, images: np.ndarray, expected: np.ndarray) -> float:
-    from transferkit.modeling.classifier import to_class_probabilities
+    from transferkit.modeling.openset import to_class_probabilities
     from transferkit.deploy.runtimes import TFLiteRuntime
 
     runtime = TFLiteRuntime(flatbuffer, num_threads=None)

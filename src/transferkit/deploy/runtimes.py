@@ -1,4 +1,4 @@
-"""Inference runtimes (Keras, TFLite with XNNPACK, SavedModel, ONNX Runtime) and what an export carries."""
+"""Inference runtimes (OpenVINO, Keras, TFLite with XNNPACK, SavedModel, ONNX Runtime) and what an export carries."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from transferkit.runs import folder as rundir
 
 logger = logging.getLogger("transferkit")
 
-RUNTIMES = ("auto", "keras", "tflite", "savedmodel", "onnx")
+RUNTIMES = ("auto", "openvino", "keras", "tflite", "savedmodel", "onnx")
 # Images per inference call when none is given, per runtime (bench/predict_bench.py):
 # XNNPACK is fastest on small batches that stay in cache, TensorFlow on larger ones.
-DEFAULT_BATCH = {"keras": 32, "tflite": 8, "savedmodel": 32, "onnx": 32}
+DEFAULT_BATCH = {"keras": 32, "tflite": 8, "savedmodel": 32, "onnx": 32, "openvino": 32}
 METADATA_NAME = "transferkit"  # TFLite metadata entry / ONNX metadata_props key
 LABELS_SUFFIX = ".labels.txt"
 INFO_SUFFIX = ".export.json"
@@ -210,6 +210,57 @@ class OnnxRuntime:
         return self.session.run(None, {self.input_name: np.asarray(images, dtype=np.float32)})[0]
 
 
+class OpenVINORuntime:
+    """A run folder's OpenVINO copy (`RUN/openvino/`): probabilities, and with `outputs` the pooled
+    features and logits an unknown score needs, from one pass and without TensorFlow."""
+
+    name = "openvino"
+
+    def __init__(self, folder: Path, info: dict, precision: str = "f32", num_threads: int | None = None):
+        from transferkit.modeling.forward import OpenVINOForward
+
+        self.forward = OpenVINOForward(folder / info["xml"], precision, num_threads)
+        with np.load(folder / rundir.OPENVINO_HEAD) as head:
+            self.kernel, self.bias = head["kernel"].astype(np.float64), head["bias"].astype(np.float64)
+        self.image_size = int(self.forward.compiled.inputs[0].get_partial_shape()[1].get_length())
+        self.description = self.forward.description
+
+    def __call__(self, images) -> np.ndarray:
+        return self.forward(images)[0]
+
+    def map(self, batches, consume) -> None:
+        self.forward.map(batches, lambda outputs, tag: consume(outputs[0], tag))
+
+    def map_outputs(self, batches, consume) -> None:
+        """`consume((probabilities, pooled, logits), tag)`; logits in float64, two-class ones as two columns."""
+        from transferkit.modeling.openset import two_class_logits
+
+        def full(outputs, tag):
+            logits = two_class_logits(outputs[2].astype(np.float64) @ self.kernel + self.bias)
+            consume((outputs[0], outputs[1], logits), tag)
+
+        self.forward.map(batches, full)
+
+
+def openvino_copy(run_dir: Path) -> tuple[Path, dict] | None:
+    """A run's `openvino/` folder and info when OpenVINO is installed and the copy belongs to this model.keras."""
+    from transferkit import data
+    from transferkit.modeling.forward import openvino_available
+
+    folder = Path(run_dir) / rundir.OPENVINO_DIR
+    info_path = folder / rundir.OPENVINO_INFO
+    if not info_path.is_file() or not openvino_available():
+        return None
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    if info.get("model_digest") != data.file_digest(Path(run_dir) / rundir.MODEL_FILE):
+        logger.info("Ignoring %s: it was made from another model.keras.", folder)
+        return None
+    return folder, info
+
+
 def check_onnxruntime() -> None:
     try:
         import onnxruntime  # noqa: F401
@@ -239,40 +290,63 @@ def open_export(path: str | os.PathLike, kind: str | None = None, num_threads: i
     raise RunDirError(f"'{path}' is not an exported model (.tflite, .onnx or a SavedModel folder).")
 
 
+def run_files(runtime, paths, image_size: int, consume, batch_size: int | None = None,
+              verbose: bool = False, map_with=None) -> dict:
+    """Decode `paths` in batches (`data.decoded_batches`) and call `consume(outputs, (row, ok))` with the
+    runtime's output for each; returns timing stats. Runtimes with a `map` (or `map_with`, another
+    of its mappers) keep several batches in flight."""
+    from transferkit import data
+    from transferkit.progress import progress_bar
+
+    name = runtime.name if runtime is not None else None
+    batch_size = batch_size or DEFAULT_BATCH.get(name, 32)
+    stats = {"images": 0, "seconds": 0.0, "images_per_second": None, "runtime": name,
+             "description": getattr(runtime, "description", None), "batch_size": batch_size}
+    if not paths:
+        return stats
+    readable = 0
+    started = time.perf_counter()
+    with progress_bar(len(paths), "Predicting", verbose and len(paths) > 64) as advance:
+        def batches():
+            nonlocal readable
+            row = 0
+            for images, ok in data.decoded_batches(list(paths), image_size, batch_size):
+                readable += int(ok.sum())
+                yield images, (row, ok)
+                row += len(ok)
+
+        def done(outputs, tag):
+            consume(outputs, tag)
+            advance(len(tag[1]))
+
+        mapper = map_with or getattr(runtime, "map", None)
+        if mapper is not None:
+            mapper(batches(), done)
+        else:
+            for images, tag in batches():
+                done(runtime(images), tag)
+    seconds = time.perf_counter() - started
+    return {**stats, "images": readable, "seconds": round(seconds, 3),
+            "images_per_second": round(readable / seconds, 1) if seconds > 0 else None}
+
+
 def predict_files(runtime, paths, image_size: int, num_classes: int, batch_size: int | None = None,
                   verbose: bool = False, source="the model") -> tuple[np.ndarray, dict]:
     """(n, num_classes) probabilities of `runtime` on image files, NaN rows for unreadable ones, and timing stats.
 
-    Decoding is the parallel `tf.data` pipeline every runtime shares, so all see the same pixels.
+    Every runtime sees the pixels of the one decoder transferkit uses everywhere (`data.load_image`).
     """
-    from transferkit import data
-    from transferkit.modeling.classifier import to_class_probabilities
-    from transferkit.progress import progress_bar
+    from transferkit.modeling.openset import to_class_probabilities
 
     probabilities = np.full((len(paths), num_classes), np.nan)
-    name = runtime.name if runtime is not None else None
-    batch_size = batch_size or DEFAULT_BATCH.get(name, 32)
-    if not paths:
-        return probabilities, {"images": 0, "seconds": 0.0, "images_per_second": None, "runtime": name,
-                               "description": None, "batch_size": batch_size}
-    rows = done = 0
-    started = time.perf_counter()
-    with progress_bar(len(paths), "Predicting", verbose and len(paths) > 64) as advance:
-        for images, ok in data.make_dataset(paths, None, image_size, batch_size, drop_unreadable=False):
-            ok = ok.numpy()
-            batch = to_class_probabilities(runtime(images), num_classes)
-            if batch.shape[1] != num_classes:
-                raise RunDirError(
-                    f"'{source}' outputs {batch.shape[1]} class scores but names {num_classes} "
-                    "classes; its labels file does not belong to it."
-                )
-            probabilities[rows: rows + len(ok)][ok] = batch[ok]
-            rows += len(ok)
-            done += int(ok.sum())
-            advance(len(ok))
-    seconds = time.perf_counter() - started
-    return probabilities, {
-        "images": done, "seconds": round(seconds, 3),
-        "images_per_second": round(done / seconds, 1) if seconds > 0 else None,
-        "runtime": name, "description": runtime.description, "batch_size": batch_size,
-    }
+
+    def store(outputs, tag):
+        row, ok = tag
+        batch = to_class_probabilities(outputs, num_classes)
+        if batch.shape[1] != num_classes:
+            raise RunDirError(f"'{source}' outputs {batch.shape[1]} class scores but names {num_classes} "
+                              "classes; its labels file does not belong to it.")
+        probabilities[np.arange(row, row + len(ok))[ok]] = batch[ok]
+
+    stats = run_files(runtime, paths, image_size, store, batch_size, verbose)
+    return probabilities, stats

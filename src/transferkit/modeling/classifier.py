@@ -21,6 +21,7 @@ import keras
 from transferkit.modeling.augment import Augmentation, build_augmentation_layers
 from transferkit.modeling.backbones import Backbone, build_backbone, get_backbone
 from transferkit.errors import ConfigError
+from transferkit.modeling.openset import to_class_probabilities  # noqa: F401 - numpy only, used by many
 
 
 @keras.saving.register_keras_serializable(package="transferkit")
@@ -117,17 +118,6 @@ def compile_classifier(model: keras.Model, num_classes: int, learning_rate) -> N
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=["accuracy"])
 
 
-def to_class_probabilities(model_output, num_classes: int):
-    """(n, num_classes) probabilities from either head shape."""
-    import numpy as np
-
-    output = np.asarray(model_output, dtype=np.float64)
-    if num_classes == 2:
-        p = output.reshape(-1)
-        return np.stack([1.0 - p, p], axis=1)
-    return output
-
-
 def _arguments(operation) -> list:
     node = operation._inbound_nodes[0]
     return [t for t in keras.tree.flatten(node.arguments.args) if isinstance(t, keras.KerasTensor)]
@@ -184,3 +174,18 @@ def head_layers(model: keras.Model) -> list:
     """The layers after global pooling: dropout, hidden dense layers, classifier."""
     names = [layer.name for layer in model.layers]
     return model.layers[names.index("pool") + 1 :]
+
+
+def inference_model(model: keras.Model) -> keras.Model:
+    """Image -> (probabilities, pooled features, penultimate), the same layers without augmentation.
+
+    Runtimes such as OpenVINO cannot convert Keras's random augmentation ops even where
+    inference skips them, so the graph they get leaves those layers out.
+    """
+    images = keras.Input(model.input_shape[1:], name="image")
+    pooled = model.get_layer("pool")(backbone_of(model)(model.get_layer("preprocess")(images), training=False))
+    *hidden, final = head_layers(model)
+    x = pooled
+    for layer in hidden:
+        x = layer(x)
+    return keras.Model(images, [final(x), pooled, x], name="inference")

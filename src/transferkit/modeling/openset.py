@@ -18,6 +18,16 @@ from __future__ import annotations
 
 import numpy as np
 
+
+def to_class_probabilities(model_output, num_classes: int) -> np.ndarray:
+    """(n, num_classes) probabilities from either head shape (one sigmoid unit for two classes)."""
+    output = np.asarray(model_output, dtype=np.float64)
+    if num_classes == 2:
+        p = output.reshape(-1)
+        return np.stack([1.0 - p, p], axis=1)
+    return output
+
+
 EPSILON = 1e-12
 METHODS = ("knn", "mahalanobis", "energy", "msp")
 DEFAULT_METHOD = "knn"

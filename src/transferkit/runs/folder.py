@@ -34,6 +34,8 @@ SKIPPED_FILE = "skipped.csv"
 CALIBRATION_FILE = "calibration.json"  # temperature and ECE before/after (runs trained since it existed)
 RELIABILITY_FILE = "reliability.png"
 OOD_FILE, OOD_ARRAYS_FILE = "ood.json", "ood.npz"  # the unknown detector: settings + feature arrays
+# A checked OpenVINO conversion of model.keras (probabilities, pooled features, penultimate) and its head's weights
+OPENVINO_DIR, OPENVINO_INFO, OPENVINO_HEAD = "openvino", "openvino.json", "head.npz"
 CHECKPOINT_DIR = "checkpoint"  # per-epoch weights and state while training; removed when it finishes
 REQUIRED_FILES = (MODEL_FILE, CLASSES_FILE, CONFIG_FILE)
 

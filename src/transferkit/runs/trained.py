@@ -7,6 +7,7 @@ them needs the training API above it.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -18,6 +19,7 @@ import numpy as np
 from transferkit import data
 from transferkit.errors import ConfigError, RunDirError
 from transferkit.progress import progress_bar
+from transferkit.atomic import atomic_folder
 from transferkit.runs import folder as rundir
 
 logger = logging.getLogger("transferkit")
@@ -79,58 +81,71 @@ class TrainedModel:
         return float(self.calibration["temperature"]) if self.calibration else None
 
     def predict_proba(self, paths: Sequence[str], batch_size: int | None = None, verbose: bool = False,
-                      calibrated: bool = True) -> np.ndarray:
+                      calibrated: bool = True, compute: str | None = None) -> np.ndarray:
         """(n, n_classes) probabilities for image files, in order; rows of unreadable files are NaN.
 
         With a calibration.json (and `calibrated`), temperature-scaled: same top-1, honest confidence.
+        `compute`: the forward pass's runtime (`modeling.forward`; default: the run's own setting).
         """
-        from transferkit.modeling.classifier import to_class_probabilities
         from transferkit.modeling.openset import apply_temperature
 
-        paths = [str(p) for p in paths]
-        probabilities = np.full((len(paths), len(self.classes)), np.nan)
-        if not paths:
-            return probabilities
-        rows = 0
-        with progress_bar(len(paths), "Predicting", enabled=verbose and len(paths) > 64) as advance:
-            for images, ok in data.make_dataset(paths, None, self.image_size, batch_size or 32, drop_unreadable=False):
-                batch = to_class_probabilities(self.model.predict_on_batch(images), len(self.classes))
-                ok = ok.numpy()
-                probabilities[rows: rows + len(ok)][ok] = batch[ok]
-                rows += len(ok)
-                advance(len(ok))
+        probabilities = self.predict_outputs(paths, batch_size or 32, verbose, compute)[0]
         return apply_temperature(probabilities, self.temperature) if calibrated else probabilities
-
-    def feature_model(self):
-        """Image -> (pooled backbone features, head logits): one pass gives both."""
-        import keras
-
-        from transferkit.modeling.classifier import head_layers
-
-        final = head_layers(self.model)[-1]
-        if getattr(self, "_feature_model", None) is None:
-            self._feature_model = keras.Model(self.model.inputs,
-                                              [self.model.get_layer("pool").output, final.input])
-        return self._feature_model, final
 
     def predict_features(self, paths: Sequence[str], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
         """(pooled features (n, d), logits (n, c)) for image files; rows of unreadable files are NaN."""
-        from transferkit.modeling.openset import two_class_logits
+        return self.predict_outputs(paths, batch_size)[1:]
+
+    def forward(self, sample_images, compute: str | None = None):
+        """Image -> (probabilities, pooled features, penultimate), on the fastest runtime that agrees with Keras."""
+        from transferkit.modeling.classifier import inference_model
+        from transferkit.modeling.forward import fast_forward
+
+        compute = compute or self.params.get("compute", "auto")
+        cached = self.__dict__.setdefault("_forwards", {})
+        if compute not in cached:
+            import tempfile
+
+            folder = self.__dict__.setdefault("_ir_folder", tempfile.TemporaryDirectory(prefix="transferkit-ir-"))
+            cached[compute] = fast_forward(inference_model(self.model), sample_images, compute,
+                                           folder=Path(folder.name) / compute)
+        return cached[compute]
+
+    def predict_outputs(self, paths: Sequence[str], batch_size: int = 32, verbose: bool = False,
+                        compute: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(uncalibrated probabilities, pooled features, logits) of image files in one pass; NaN rows where unreadable."""
+        from transferkit.modeling.classifier import head_layers
+        from transferkit.modeling.openset import to_class_probabilities, two_class_logits
 
         paths = [str(p) for p in paths]
-        features_model, final = self.feature_model()
-        kernel, bias = (np.asarray(w, np.float64) for w in final.get_weights())
+        n, classes = len(paths), len(self.classes)
         dim = int(self.model.get_layer("pool").output.shape[-1])
-        features = np.full((len(paths), dim), np.nan, np.float32)
-        logits = np.full((len(paths), len(self.classes)), np.nan)
-        rows = 0
-        for images, ok in data.make_dataset(paths, None, self.image_size, batch_size, drop_unreadable=False):
-            pooled, penultimate = (np.asarray(t) for t in features_model.predict_on_batch(images))
-            ok = ok.numpy()
-            features[rows: rows + len(ok)][ok] = pooled[ok]
-            logits[rows: rows + len(ok)][ok] = two_class_logits(penultimate.astype(np.float64) @ kernel + bias)[ok]
-            rows += len(ok)
-        return features, logits
+        probabilities, logits = np.full((n, classes), np.nan), np.full((n, classes), np.nan)
+        features = np.full((n, dim), np.nan, np.float32)
+        kernel, bias = (np.asarray(w, np.float64) for w in head_layers(self.model)[-1].get_weights())
+        if not paths:
+            return probabilities, features, logits
+
+        def store(outputs, tag):
+            row, ok = tag
+            rows = np.arange(row, row + len(ok))[ok]
+            probabilities[rows] = to_class_probabilities(outputs[0], classes)[ok]
+            features[rows] = outputs[1][ok]
+            logits[rows] = two_class_logits(outputs[2].astype(np.float64) @ kernel + bias)[ok]
+            advance(len(ok))
+
+        def batches():
+            row = 0
+            for images, ok in data.make_dataset(paths, None, self.image_size, batch_size, drop_unreadable=False):
+                images, ok = images.numpy(), ok.numpy()
+                yield images, (row, ok)
+                row += len(ok)
+
+        with progress_bar(n, "Predicting", enabled=verbose and n > 64) as advance:
+            stream = batches()
+            first = next(stream)
+            self.forward(first[0], compute).map(itertools.chain([first], stream), store)
+        return probabilities, features, logits
 
     def unknown_scores(self, features, logits, method: str | None = None) -> np.ndarray:
         """The run's unknown score (higher: less like the training images); needs an ood.json."""
@@ -196,22 +211,52 @@ class TrainedModel:
             rundir.write_json(run_dir / rundir.CALIBRATION_FILE, self.calibration)
         if self.ood is not None:
             rundir.write_ood(run_dir, self.ood)
+        self._write_openvino(run_dir)
         return run_dir
 
+    def _write_openvino(self, run_dir: Path) -> None:
+        """Keep the checked OpenVINO conversion made for the run's own passes in `RUN/openvino/`,
+        with the head's weights, so prediction needs neither a conversion nor TensorFlow."""
+        import shutil
+
+        from transferkit.modeling.classifier import head_layers
+
+        forward = self.__dict__.get("_forwards", {}).get(self.params.get("compute", "auto"))
+        if forward is None or forward.runtime != "openvino" or not getattr(forward, "xml_path", Path()).is_file():
+            return
+        kernel, bias = head_layers(self.model)[-1].get_weights()
+        target = run_dir / rundir.OPENVINO_DIR
+        with atomic_folder(target) as tmp:
+            for name in (forward.xml_path.name, forward.xml_path.with_suffix(".bin").name):
+                shutil.copyfile(forward.xml_path.parent / name, tmp / name)
+            np.savez(tmp / rundir.OPENVINO_HEAD, kernel=kernel, bias=bias)
+            rundir.write_json(tmp / rundir.OPENVINO_INFO, {
+                "model_digest": data.file_digest(run_dir / rundir.MODEL_FILE), "xml": forward.xml_path.name,
+                "outputs": ["probabilities", "pooled", "penultimate"], "description": forward.description,
+                "check": getattr(forward, "check", None),
+            })
+
     @classmethod
-    def load(cls, run_dir) -> "TrainedModel":
-        """Reload a run folder written by `transferkit train` (this version or an earlier one)."""
-        import keras
+    def load(cls, run_dir, with_model: bool = True) -> "TrainedModel":
+        """Reload a run folder written by `transferkit train` (this version or an earlier one).
 
-        import transferkit.modeling.classifier  # noqa: F401 - registers the custom preprocessing layer
-
+        `with_model=False` skips the Keras model (and TensorFlow): enough for the classes,
+        calibration and unknown detector, as a predictor on the OpenVINO copy needs.
+        """
         config = rundir.read_config(run_dir)
         run_dir = Path(run_dir)
         history_path = run_dir / rundir.HISTORY_FILE
-        try:
-            model = keras.saving.load_model(run_dir / rundir.MODEL_FILE, compile=False)
-        except Exception as error:  # noqa: BLE001 - any failure to read it means a damaged run
-            raise RunDirError(f"'{run_dir / rundir.MODEL_FILE}' cannot be loaded ({error}); the run is damaged.") from error
+        model = None
+        if with_model:
+            import keras
+
+            import transferkit.modeling.classifier  # noqa: F401 - registers the custom preprocessing layer
+
+            try:
+                model = keras.saving.load_model(run_dir / rundir.MODEL_FILE, compile=False)
+            except Exception as error:  # noqa: BLE001 - any failure to read it means a damaged run
+                raise RunDirError(f"'{run_dir / rundir.MODEL_FILE}' cannot be loaded ({error}); "
+                                  "the run is damaged.") from error
         params = config.get("params", {})
         return cls(
             model=model,

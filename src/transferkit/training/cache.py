@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -64,30 +65,36 @@ def cache_key(files: data.LabelledFiles, root, settings: dict) -> str:
 
 
 class ViewExtractor:
-    """Runs images through augmentation, preprocessing and the split backbone."""
+    """Runs images through augmentation (TensorFlow), then preprocessing and the split backbone
+    on the fastest runtime that agrees with Keras (`modeling.forward`)."""
 
-    def __init__(self, model: keras.Model, cut: int | None):
+    def __init__(self, model: keras.Model, cut: int | None, compute: str = "auto"):
         import tensorflow as tf
 
         base = backbone_of(model)
         names = [layer.name for layer in model.layers]
-        self.augmenter = model.get_layer("augmentation") if "augmentation" in names else None
-        self.preprocess = model.get_layer("preprocess")
+        augmenter = model.get_layer("augmentation") if "augmentation" in names else None
         self.pool = model.get_layer("pool")
         self.lower, self.upper = split_at(base, cut) if cut is not None else (base, None)
         self.boundary_shape = tuple(self.lower.output.shape[1:]) if cut is not None else None
         self.pooled_dim = int(self.pool.output.shape[-1])
-
-        @tf.function(reduce_retracing=True)
-        def run(images, augment):
-            if augment and self.augmenter is not None:
-                images = self.augmenter(images, training=True)
-            boundary = self.lower(self.preprocess(images), training=False)
-            top = self.upper(boundary, training=False) if self.upper is not None else boundary
-            return boundary, self.pool(top)
-
-        self._run = run
+        self.compute = compute
+        self._augment = tf.function(lambda images: augmenter(images, training=True)) if augmenter else None
+        images = keras.Input(model.input_shape[1:], name="image")
+        boundary = self.lower(model.get_layer("preprocess")(images), training=False)
+        top = self.upper(boundary, training=False) if self.upper is not None else boundary
+        outputs = [boundary, self.pool(top)] if cut is not None else [self.pool(top)]
+        self.features = keras.Model(images, outputs, name="cache_features")
+        self.forward = None  # chosen on the first batch, checked against Keras on it
         self.images_processed = 0  # backbone forward passes, to show cache hits skip them
+
+    @property
+    def runtime(self) -> dict | None:
+        """Which runtime and precision computed the cache (None before the first batch)."""
+        if self.forward is None:
+            return None
+        return {"runtime": self.forward.runtime, "precision": self.forward.precision,
+                "description": self.forward.description, **getattr(self.forward, "check", {})}
 
     def extract(self, paths: Sequence[str], image_size: int, views: int, batch_size: int,
                 boundary_out: np.ndarray | None, pooled_out: np.ndarray, progress=None) -> np.ndarray:
@@ -95,21 +102,37 @@ class ViewExtractor:
 
         Returns which images could be decoded.
         """
+        from transferkit.modeling.forward import fast_forward
+
         dataset = data.make_dataset(paths, None, image_size, batch_size, drop_unreadable=False)
         readable = np.ones(len(paths), bool)
-        for view in range(views):
+
+        def batches():  # each file decoded once, all its views drawn from that decode
             row = 0
-            for images, ok in dataset:
-                boundary, pooled = self._run(images, view > 0)
-                count = int(images.shape[0])
-                readable[row : row + count] &= ok.numpy()
-                pooled_out[row : row + count, view] = pooled.numpy()
-                if boundary_out is not None:
-                    boundary_out[row : row + count, view] = boundary.numpy().astype(boundary_out.dtype)
-                row += count
-                self.images_processed += count
-                if progress:
-                    progress(count)
+            for decoded, ok in dataset:
+                readable[row : row + len(ok)] &= ok.numpy()
+                for view in range(views):
+                    images = self._augment(decoded) if view > 0 and self._augment is not None else decoded
+                    images = images.numpy()
+                    if self.forward is None:
+                        self.forward = fast_forward(self.features, images, self.compute)
+                        logger.info("Backbone activations computed with %s", self.forward.description)
+                    yield images, (row, len(images), view)
+                row += len(ok)
+
+        def store(outputs, tag):
+            row, count, view = tag
+            pooled_out[row : row + count, view] = outputs[-1]
+            if boundary_out is not None:
+                boundary_out[row : row + count, view] = outputs[0].astype(boundary_out.dtype)
+            self.images_processed += count
+            if progress:
+                progress(count)
+
+        stream = batches()
+        first = next(stream, None)  # the first batch picks the runtime
+        if first is not None:
+            self.forward.map(itertools.chain([first], stream), store)
         return readable
 
 

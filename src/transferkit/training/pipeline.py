@@ -138,6 +138,7 @@ class StagePlan:
     fine_tune_epochs: int
     cached_views: int | None = None
     backbone_images: int | None = None  # backbone passes the cache made
+    cache_runtime: dict | None = None  # which runtime and precision computed the cache
 
 
 def plan_stages(model, resolved: ResolvedSettings, splits: dict, data_dir: Path, verbose: int) -> StagePlan:
@@ -186,7 +187,7 @@ def _cached_inputs(model, resolved: ResolvedSettings, splits: dict, data_dir: Pa
     s = resolved.settings
     base = backbone_of(model)
     cut = clean_cut(base, fine_tune_index(base, resolved.fine_tune_at)) if fine_tune_epochs else None
-    extractor = cache.ViewExtractor(model, cut)
+    extractor = cache.ViewExtractor(model, cut, s.compute)
     key_settings = {
         "backbone": s.backbone, "weights": _weights_identity(resolved),
         "image_size": resolved.image_size, "augmentation": dataclasses.asdict(resolved.augmentation),
@@ -203,6 +204,7 @@ def _cached_inputs(model, resolved: ResolvedSettings, splits: dict, data_dir: Pa
                                              key, advance))
     train, val = arrays
     plan.backbone_images = extractor.images_processed
+    plan.cache_runtime = extractor.runtime
 
     def batches(kind):
         return (cache.ViewBatches(getattr(train, kind), train, s.batch_size, shuffle=True, seed=s.seed),
@@ -272,6 +274,7 @@ def train(resolved: ResolvedSettings, data_dir, val_dir=None, out_dir: Path | No
         "fine_tune_at": resolved.fine_tune_at,
         "fine_tune_learning_rate": resolved.fine_tune_learning_rate,
         "cached_views": plan.cached_views,
+        "cache_runtime": plan.cache_runtime,
         "class_weight": class_weights,
         "weights_file": str(find_local_weights(resolved.spec, s.weights_dir) or "")
         if s.weights == "imagenet" else s.weights,
