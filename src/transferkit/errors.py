@@ -19,3 +19,7 @@ class WeightsError(TransferkitError, FileNotFoundError):
 
 class RunDirError(TransferkitError, FileNotFoundError):
     """A path given as a run directory is not a usable transferkit run."""
+
+
+class DownloadError(DataError):
+    """A dataset archive could not be fetched (no network, refused, 404): a local copy is the fix."""

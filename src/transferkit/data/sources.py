@@ -27,7 +27,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from transferkit.data.files import is_visible
-from transferkit.errors import DataError
+from transferkit.errors import DataError, DownloadError
 
 logger = logging.getLogger("transferkit")
 
@@ -69,12 +69,18 @@ def default_cache_dir(cache_dir=None) -> Path:
                                                   or Path.home() / ".cache" / "transferkit")
 
 
-def resolve_source(spec, *, tfds_data_dir=None, cache_dir=None) -> Path:
-    """A local class-folder directory for `spec` (a path, `tfds:NAME[:SPLIT]` or an http(s) archive URL)."""
+def resolve_source(spec, *, tfds_data_dir=None, cache_dir=None, archive=None) -> Path:
+    """A local class-folder directory for `spec` (a path, `tfds:NAME[:SPLIT]` or an http(s) archive URL).
+
+    `archive`: a local copy of a URL spec's file, used instead of downloading it (checked against
+    its #sha256 like a download), for machines without network.
+    """
+    if archive is not None and not is_url(spec):
+        raise DataError(f"A local archive ('{archive}') stands in for a URL source only, not for '{spec}'.")
     if is_tfds(spec):
         return _resolve_tfds(spec, tfds_data_dir, default_cache_dir(cache_dir))
     if is_url(spec):
-        return _resolve_url(spec, default_cache_dir(cache_dir))
+        return _resolve_url(spec, default_cache_dir(cache_dir), archive)
     return Path(spec)
 
 
@@ -219,30 +225,74 @@ def _archive_name(url: str) -> str:
     return name
 
 
-def _resolve_url(spec: str, cache_root: Path) -> Path:
-    import keras
+def keras_datasets_dir() -> Path:
+    """Where `keras.utils.get_file` keeps downloads ($KERAS_HOME/datasets, else ~/.keras/datasets)."""
+    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras").expanduser() / "datasets"
 
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_archive(path: Path, url: str, sha256: str | None) -> None:
+    if not path.is_file():
+        raise DataError(f"The local copy '{path}' of '{url}' is not a file.")
+    if sha256 is not None and (found := file_sha256(path)) != sha256:
+        raise DataError(f"'{path}' has sha256={found}, but '{url}' should have sha256={sha256}: it is another file "
+                        "or an incomplete download. Nothing was extracted; replace it with a good copy.")
+
+
+def _local_copy(name: str, url: str, sha256: str | None, archive) -> Path | None:
+    """The given archive, else the file a Keras tutorial's get_file left in the Keras cache, else None."""
+    if archive is not None:
+        _check_archive(Path(archive), url, sha256)
+        return Path(archive)
+    cached = keras_datasets_dir() / name
+    if not cached.is_file():
+        return None
+    _check_archive(cached, url, sha256)  # without a checksum Keras reuses it by name too
+    logger.warning("Using %s (the Keras download cache) for %s.", cached, url)
+    return cached
+
+
+def _resolve_url(spec: str, cache_root: Path, archive=None) -> Path:
     url, sha256 = parse_url(spec)
     name = _archive_name(url)
     key = hashlib.sha256(f"{url}\0{sha256}".encode()).hexdigest()[:16]
     extracted = cache_root / "urls" / key
     if not extracted.is_dir():
-        downloads = cache_root / "downloads" / key
-        downloads.mkdir(parents=True, exist_ok=True)
-        try:
-            archive = keras.utils.get_file(name, origin=url, file_hash=sha256, hash_algorithm="sha256",
-                                           cache_dir=str(downloads), cache_subdir=".")
-        except ValueError as error:  # Keras's "Incomplete or corrupted file": the checksum did not match
-            shutil.rmtree(downloads, ignore_errors=True)
-            raise DataError(f"The file downloaded from '{url}' does not match sha256={sha256} ({error}). Nothing "
-                            "was kept. Check the URL and the checksum (sha256sum FILE on a good copy).") from None
-        except Exception as error:  # no network, 404, refused connection
-            shutil.rmtree(downloads, ignore_errors=True)
-            raise DataError(f"Could not download '{url}' ({type(error).__name__}: {error}). Without network, "
-                            "download the archive elsewhere, extract it and pass the local folder.") from None
-        _extract(Path(archive), extracted)
-        shutil.rmtree(downloads, ignore_errors=True)  # the extracted folder is what is reused
+        local = _local_copy(name, url, sha256, archive)
+        if local is not None:
+            _extract(local, extracted)
+        else:
+            _download_and_extract(url, name, sha256, cache_root / "downloads" / key, extracted)
     return _descend(extracted)
+
+
+def _download_and_extract(url: str, name: str, sha256: str | None, downloads: Path, extracted: Path) -> None:
+    import keras
+
+    downloads.mkdir(parents=True, exist_ok=True)
+    try:
+        archive = keras.utils.get_file(name, origin=url, file_hash=sha256, hash_algorithm="sha256",
+                                       cache_dir=str(downloads), cache_subdir=".")
+    except ValueError as error:  # Keras's "Incomplete or corrupted file": the checksum did not match
+        shutil.rmtree(downloads, ignore_errors=True)
+        raise DataError(f"The file downloaded from '{url}' does not match sha256={sha256} ({error}). Nothing "
+                        "was kept. Check the URL and the checksum (sha256sum FILE on a good copy).") from None
+    except Exception as error:  # no network, 404, refused connection
+        shutil.rmtree(downloads, ignore_errors=True)
+        raise DownloadError(f"Could not download '{url}' ({type(error).__name__}: {error}). Without network, "
+                            f"put a copy of {name} in {keras_datasets_dir()} (checked against the sha256), or "
+                            "download the archive elsewhere, extract it and pass the local folder.") from None
+    try:
+        _extract(Path(archive), extracted)
+    finally:
+        shutil.rmtree(downloads, ignore_errors=True)  # the extracted folder is what is reused
 
 
 def _extract(archive: Path, final: Path) -> None:
