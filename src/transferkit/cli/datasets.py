@@ -1,8 +1,6 @@
 """`transferkit datasets`: the catalog of well-known sets; `datasets get NAME DEST` writes one as class folders."""
 
-import contextlib
 import json
-import sys
 from pathlib import Path
 from typing import Annotated, List, Optional
 
@@ -39,7 +37,7 @@ def datasets(ctx: typer.Context, as_json: AsJson = False):
     table = Table("name", "classes", "images", "download", "archives, sha256", "tfds:", "license")
     table.columns[0].no_wrap = True
     for e in entries:
-        sums = [f"{a.file_name} {a.sha256[:10]}..." if a.sha256 else f"{a.file_name} [yellow]no checksum[/]"
+        sums = [f"{a.file_name}\n  " + (f"{a.sha256[:12]}..." if a.sha256 else "[yellow]no checksum[/]")
                 for a in e.archives]
         images = " + ".join(f"{n:,} {split}" for split, n in e.images)
         table.add_row(e.name, f"{len(e.classes)}: {escape(', '.join(e.classes))}", images, format_size(e.download_size),
@@ -72,8 +70,7 @@ def get(
     from transferkit.data.fetch import get_dataset
 
     setup_logging(quiet=as_json)
-    with contextlib.redirect_stdout(sys.stderr):  # Keras's download progress bar: stdout stays for --json
-        result = get_dataset(name, dest, source=source, files=from_file or (), tfds_data_dir=tfds_data_dir)
+    result = get_dataset(name, dest, source=source, files=from_file or (), tfds_data_dir=tfds_data_dir)
     if as_json:
         print(json.dumps(result, indent=2))
         return

@@ -15,11 +15,13 @@ the TFDS data dir fails before any work, saying how to get it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
+import sys
 import tarfile
 import tempfile
 import zipfile
@@ -278,8 +280,9 @@ def _download_and_extract(url: str, name: str, sha256: str | None, downloads: Pa
 
     downloads.mkdir(parents=True, exist_ok=True)
     try:
-        archive = keras.utils.get_file(name, origin=url, file_hash=sha256, hash_algorithm="sha256",
-                                       cache_dir=str(downloads), cache_subdir=".")
+        with contextlib.redirect_stdout(sys.stderr):  # Keras's progress bar: stdout stays clean for --json
+            archive = keras.utils.get_file(name, origin=url, file_hash=sha256, hash_algorithm="sha256",
+                                           cache_dir=str(downloads), cache_subdir=".")
     except ValueError as error:  # Keras's "Incomplete or corrupted file": the checksum did not match
         shutil.rmtree(downloads, ignore_errors=True)
         raise DataError(f"The file downloaded from '{url}' does not match sha256={sha256} ({error}). Nothing "
