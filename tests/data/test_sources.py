@@ -173,3 +173,18 @@ def test_a_local_copy_stands_in_for_the_download(served, tmp_path, monkeypatch):
     assert not (tmp_path / "c" / "urls").exists() or not any((tmp_path / "c" / "urls").iterdir())
     with pytest.raises(DataError, match="stands in for a URL source only"):
         resolve_source(str(tmp_path), archive=archive)
+
+
+def test_datasets_get_from_tfds(tfds_dir, tmp_path, monkeypatch):
+    """`datasets get --source tfds`: the prepared TFDS set as editable pre-split class folders."""
+    catalog_file = tmp_path / "catalog.json"
+    catalog_file.write_text(json.dumps([{"name": "tiny", "classes": ["paper", "rock", "scissors"],
+                                         "images": {"train": 45, "test": 15}, "archives": [], "tfds": "tiny_rps"}]))
+    monkeypatch.setenv("TRANSFERKIT_DATASETS_CATALOG", str(catalog_file))
+    dest = tmp_path / "sets" / "tiny"
+    result = runner.invoke(app, ["datasets", "get", "tiny", str(dest), "--tfds-data-dir", str(tfds_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["images"]["test"] == {"paper": 5, "rock": 5, "scissors": 5}
+    assert sorted(p.name for p in dest.iterdir()) == ["test", "train"] and not list(dest.rglob(".transferkit*"))
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["tiny"]
+    assert sum(1 for _ in (dest / "train").rglob("*.png")) == 45

@@ -10,7 +10,9 @@ fingerprint, caches, evaluate's rebuilt split) sees plain files and works unchan
     resolve_source("https://host/set.zip#sha256=HEX")    -> <cache>/urls/<key>/<top folder>
 
 Nothing here downloads a TFDS dataset (`download=False`): one that is not prepared in
-the TFDS data dir fails before any work, saying how to get it.
+the TFDS data dir fails before any work, saying how to get it. A URL's archive may come from
+a local copy instead (`archive=`, or the file a Keras tutorial left in ~/.keras/datasets),
+checked against the checksum like a download.
 """
 
 from __future__ import annotations
