@@ -22,4 +22,11 @@ class RunDirError(TransferkitError, FileNotFoundError):
 
 
 class DownloadError(DataError):
-    """A dataset archive could not be fetched (no network, refused, 404): a local copy is the fix."""
+    """A dataset archive could not be fetched (no network, refused, 404): a local copy is the fix.
+
+    `reason` is what failed, without the generic fix, for callers that know a better one.
+    """
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason or message

@@ -74,6 +74,8 @@ def test_unknown_name_lists_the_known_ones_and_the_nearest():
         catalog.find("rock_paper_scisors")
     with pytest.raises(DataError, match="Known: beans, cats_and_dogs_filtered, .*tf_flowers"):
         catalog.find("zzz")
+    with pytest.raises(DataError, match="Did you mean 'tf_flowers'"):
+        catalog.find("flowers")
 
 
 def test_mirror_replaces_the_folder_and_keeps_the_checksum(monkeypatch):

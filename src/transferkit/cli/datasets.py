@@ -80,4 +80,5 @@ def get(
     out.print(f"[bold]{result['name']}[/] written to {escape(result['dest'])} ({result['image_count']} images, "
               f"from {result['source']}); train on it with `transferkit train {escape(result['dest'])}`.",
               highlight=False)
-    err.print("Edit the class folders freely: `transferkit doctor DEST` checks them.", highlight=False)
+    err.print(f"Edit the class folders freely: `transferkit doctor {escape(result['dest'])}` checks them.",
+              highlight=False)

@@ -165,8 +165,9 @@ def find(name: str) -> Dataset:
     known = {d.name: d for d in datasets()}
     if name in known:
         return known[name]
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.5) or sorted(
+        n for n in known if name.strip().lower() and name.strip().lower() in n.lower())
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     raise DataError(f"Unknown dataset '{name}'.{hint} Known: {', '.join(sorted(known))} (`transferkit datasets`).")
 
 

@@ -57,7 +57,7 @@ def match_files(entry: catalog.Dataset, files) -> dict:
     return found
 
 
-def offline_fix(entry: catalog.Dataset) -> str:
+def offline_fix(entry: catalog.Dataset, dest="DEST") -> str:
     """What to download elsewhere and where to put it, for every archive of the entry."""
     files = "; ".join(f"{a.file_name} ({format_size(a.size)}, "
                       f"{'sha256 ' + a.sha256 if a.sha256 else 'no published checksum'}) from {a.url}"
@@ -65,7 +65,7 @@ def offline_fix(entry: catalog.Dataset) -> str:
     flags = " ".join(f"--from-file {a.file_name}" for a in entry.archives)
     tfds = (f" Or use TensorFlow Datasets: `tfds build {entry.tfds}` where there is network, copy the folder into "
             f"TFDS_DATA_DIR and add --source tfds." if entry.tfds else "")
-    return (f"Without network, download {files}. Then run `transferkit datasets get {entry.name} DEST {flags}`, "
+    return (f"Without network, download {files}. Then run `transferkit datasets get {entry.name} {dest} {flags}`, "
             f"or put the files in {keras_datasets_dir()} (the Keras download cache, $KERAS_HOME/datasets), "
             f"or serve them over http and set ${catalog.MIRROR_ENV}=http://host/folder/. Checksums are "
             f"verified either way.{tfds}")
@@ -88,7 +88,7 @@ def get_dataset(name: str, dest, *, source: str | None = None, files=(), tfds_da
         if source == "tfds":
             os.rename(resolve_source(f"tfds:{entry.tfds}", tfds_data_dir=tfds_data_dir, cache_dir=work), staged)
         else:
-            _stage_archives(entry, local, work, staged)
+            _stage_archives(entry, local, work, staged, dest)
         for marker in staged.rglob(MARKER):
             marker.unlink()
         _publish(staged, dest)
@@ -97,14 +97,14 @@ def get_dataset(name: str, dest, *, source: str | None = None, files=(), tfds_da
     return {"name": entry.name, "dest": str(dest), "source": source, **_summary(dest)}
 
 
-def _stage_archives(entry: catalog.Dataset, local: dict, work: Path, staged: Path) -> None:
+def _stage_archives(entry: catalog.Dataset, local: dict, work: Path, staged: Path, dest: Path) -> None:
     for archive in entry.archives:
         if archive.sha256 is None:
             logger.warning("%s has no published checksum: it is used unverified.", archive.file_name)
         try:
             folder = resolve_source(catalog.archive_spec(archive), cache_dir=work, archive=local.get(archive))
         except DownloadError as error:
-            raise DownloadError(f"{error} {offline_fix(entry)}") from None
+            raise DownloadError(f"{error.reason} {offline_fix(entry, dest)}") from None
         target = staged / archive.split if archive.split else staged
         target.parent.mkdir(parents=True, exist_ok=True)
         os.rename(folder, target)

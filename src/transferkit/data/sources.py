@@ -291,9 +291,10 @@ def _download_and_extract(url: str, name: str, sha256: str | None, downloads: Pa
                         "was kept. Check the URL and the checksum (sha256sum FILE on a good copy).") from None
     except Exception as error:  # no network, 404, refused connection
         shutil.rmtree(downloads, ignore_errors=True)
-        raise DownloadError(f"Could not download '{url}' ({type(error).__name__}: {error}). Without network, "
-                            f"put a copy of {name} in {keras_datasets_dir()} (checked against the sha256), or "
-                            "download the archive elsewhere, extract it and pass the local folder.") from None
+        reason = f"Could not download '{url}' ({type(error).__name__}: {error})."
+        raise DownloadError(f"{reason} Without network, put a copy of {name} in {keras_datasets_dir()} (checked "
+                            "against the sha256), or download the archive elsewhere, extract it and pass the local "
+                            "folder.", reason) from None
     try:
         _extract(Path(archive), extracted)
     finally:
