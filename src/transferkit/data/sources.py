@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 from transferkit.data.files import is_visible
 from transferkit.errors import DataError, DownloadError
+from transferkit.progress import progress_bar
 
 logger = logging.getLogger("transferkit")
 
@@ -174,11 +175,14 @@ def _materialise_split(builder, split: str, folder: Path) -> None:
         for name in names:
             (tmp / _safe(name)).mkdir()
         width = max(5, len(str(total)))
-        for index, example in enumerate(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))):
-            image = example[image_key]
-            if image.ndim == 3 and image.shape[-1] == 1:
-                image = image[..., 0]
-            Image.fromarray(image).save(tmp / _safe(names[int(example[label_key])]) / f"{index:0{width}d}.png")
+        examples = tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))
+        with progress_bar(total, f"writing {builder.name}:{split}", enabled=sys.stderr.isatty()) as advance:
+            for index, example in enumerate(examples):
+                image = example[image_key]
+                if image.ndim == 3 and image.shape[-1] == 1:
+                    image = image[..., 0]
+                Image.fromarray(image).save(tmp / _safe(names[int(example[label_key])]) / f"{index:0{width}d}.png")
+                advance(1)
         _write_marker(tmp, {"source": f"tfds:{builder.name}:{split}", "version": str(builder.info.version),
                             "images": total, "classes": list(names)})
         _publish(tmp, folder)
