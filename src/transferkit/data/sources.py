@@ -262,8 +262,10 @@ def _local_copy(name: str, url: str, sha256: str | None, archive) -> Path | None
     cached = keras_datasets_dir() / name
     if not cached.is_file():
         return None
-    _check_archive(cached, url, sha256)  # without a checksum Keras reuses it by name too
-    logger.warning("Using %s (the Keras download cache) for %s.", cached, url)
+    if sha256 is not None and file_sha256(cached) != sha256:  # as Keras does: ignore it, download again
+        logger.warning("Ignoring %s (the Keras download cache): its sha256 is not %s.", cached, sha256)
+        return None
+    logger.warning("Using %s (the Keras download cache) for %s.", cached, url)  # unchecked: Keras reuses it by name too
     return cached
 
 
