@@ -154,3 +154,42 @@ def alpaca_photos() -> list[str]:
         pytest.skip(NO_SHARED)
     files = sorted(p for d in sorted(ALPACA.iterdir()) if d.is_dir() for p in sorted(d.iterdir()))
     return [str(p) for p in files[::16][:20]]
+
+
+# -- a loopback HTTP server, for data sources without internet ---------------------------------
+
+
+class serve_folder:
+    """`with serve_folder(root) as (base_url, requests):` files of `root` over http on 127.0.0.1.
+
+    `requests` lists the paths asked for; the server thread is stopped (bounded wait) on exit.
+    """
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def __enter__(self):
+        import http.server
+        import threading
+
+        root, self.requests = str(self.root), []
+        requests = self.requests
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *a, **kw):
+                super().__init__(*a, directory=root, **kw)
+
+            def log_message(self, *args):
+                requests.append(self.path)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.timeout = 5
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+        self.thread.start()
+        return f"http://127.0.0.1:{self.server.server_port}/", requests
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+        return False

@@ -19,3 +19,14 @@ class WeightsError(TransferkitError, FileNotFoundError):
 
 class RunDirError(TransferkitError, FileNotFoundError):
     """A path given as a run directory is not a usable transferkit run."""
+
+
+class DownloadError(DataError):
+    """A dataset archive could not be fetched (no network, refused, 404): a local copy is the fix.
+
+    `reason` is what failed, without the generic fix, for callers that know a better one.
+    """
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason or message

@@ -26,7 +26,7 @@ def test_help_lists_commands_and_is_fast():
         env={**os.environ, "COLUMNS": "120"},
     )
     assert result.returncode == 0
-    for command in ("train", "predict", "backbones"):
+    for command in ("train", "predict", "backbones", "datasets"):
         assert command in result.stdout
     train_help = invoke("train", "--help")
     assert train_help.exit_code == 0

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
-import threading
 import zipfile
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from conftest import NO_SHARED, RPS
+from conftest import NO_SHARED, RPS, serve_folder
 from transferkit.cli import app
 from transferkit.data.sources import resolve_source, source_name
-from transferkit.errors import DataError
+from transferkit.errors import DataError, DownloadError
 
 TINY_TRAIN = ["--fine-tune-epochs", "1", "--epochs", "2", "--patience", "0", "--no-report", "--json"]
 runner = CliRunner()
@@ -30,26 +28,9 @@ def served(tiny_dir, tmp_path_factory):
         for path in sorted(tiny_dir.rglob("*")):
             if path.is_file():
                 z.write(path, Path("alpaca-small") / path.relative_to(tiny_dir))
-    requests = []
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, directory=str(root), **kw)
-
-        def log_message(self, *args):
-            requests.append(self.path)
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.timeout = 5
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-    thread.start()
-    try:
-        yield {"url": f"http://127.0.0.1:{server.server_port}/alpaca-small.zip",
-               "sha256": hashlib.sha256(archive.read_bytes()).hexdigest(), "requests": requests}
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with serve_folder(root) as (base, requests):
+        yield {"url": f"{base}alpaca-small.zip", "sha256": hashlib.sha256(archive.read_bytes()).hexdigest(),
+               "requests": requests, "root": root}
 
 
 def test_url_with_right_checksum_is_downloaded_once_and_extracted(served, tmp_path):
@@ -170,3 +151,40 @@ def test_tfds_offline_failures_name_dataset_dir_and_fix(tmp_path):
     result = runner.invoke(app, ["doctor", "tfds:rock_paper_scissors", "--tfds-data-dir", str(empty)])
     assert result.exit_code == 2 and "not prepared" in result.output
     assert not (tmp_path / "tfds").exists()  # failed before any work
+
+
+def test_a_local_copy_stands_in_for_the_download(served, tmp_path, monkeypatch):
+    """Offline (port 9 refuses): the archive given, or the one a Keras tutorial left in $KERAS_HOME/datasets."""
+    archive = tmp_path / "copy" / "alpaca-small.zip"
+    archive.parent.mkdir()
+    archive.write_bytes((served["root"] / "alpaca-small.zip").read_bytes())
+    spec = f"http://127.0.0.1:9/files/alpaca-small.zip#sha256={served['sha256']}"
+    folder = resolve_source(spec, cache_dir=tmp_path / "a", archive=archive)
+    assert sorted(p.name for p in folder.iterdir()) == ["alpaca", "not alpaca"]
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    (tmp_path / "keras" / "datasets").mkdir(parents=True)
+    (tmp_path / "keras" / "datasets" / "alpaca-small.zip").write_bytes(archive.read_bytes())
+    assert len(list(resolve_source(spec, cache_dir=tmp_path / "b").rglob("*.jpg"))) == 24
+    wrong = f"http://127.0.0.1:9/files/alpaca-small.zip#sha256={'1' * 64}"
+    with pytest.raises(DownloadError, match="Could not download"):  # a cached file that does not match is not used
+        resolve_source(wrong, cache_dir=tmp_path / "c")
+    with pytest.raises(DataError, match=r"alpaca-small.zip' has sha256=[0-9a-f]{64}, but .* should have sha256=1{64}"):
+        resolve_source(wrong, cache_dir=tmp_path / "c", archive=archive)
+    assert not (tmp_path / "c" / "urls").exists() or not any((tmp_path / "c" / "urls").iterdir())
+    with pytest.raises(DataError, match="stands in for a URL source only"):
+        resolve_source(str(tmp_path), archive=archive)
+
+
+def test_datasets_get_from_tfds(tfds_dir, tmp_path, monkeypatch):
+    """`datasets get --source tfds`: the prepared TFDS set as editable pre-split class folders."""
+    catalog_file = tmp_path / "catalog.json"
+    catalog_file.write_text(json.dumps([{"name": "tiny", "classes": ["paper", "rock", "scissors"],
+                                         "images": {"train": 45, "test": 15}, "archives": [], "tfds": "tiny_rps"}]))
+    monkeypatch.setenv("TRANSFERKIT_DATASETS_CATALOG", str(catalog_file))
+    dest = tmp_path / "sets" / "tiny"
+    result = runner.invoke(app, ["datasets", "get", "tiny", str(dest), "--tfds-data-dir", str(tfds_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["images"]["test"] == {"paper": 5, "rock": 5, "scissors": 5}
+    assert sorted(p.name for p in dest.iterdir()) == ["test", "train"] and not list(dest.rglob(".transferkit*"))
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["tiny"]
+    assert sum(1 for _ in (dest / "train").rglob("*.png")) == 45

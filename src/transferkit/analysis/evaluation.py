@@ -76,6 +76,16 @@ def _class_folders(data_dir: Path) -> list[str]:
     )
 
 
+def _evaluated_split(data_dir: Path) -> Path:
+    """A pre-split folder (train/, validation/, test/, as `train` takes it) is scored on test/, else validation/."""
+    train, validation, test = data.resolve_layout(data_dir)
+    if train == data_dir:
+        return data_dir
+    chosen = test or validation or train
+    logger.warning("'%s' is already split: evaluating on its %s/ folder.", data_dir, chosen.name)
+    return chosen
+
+
 def labelled_folder(data_dir, classes: Sequence[str], allow_class_subset: bool = False):
     """Images of `data_dir` labelled with indices into the model's `classes`.
 
@@ -90,6 +100,7 @@ def labelled_folder(data_dir, classes: Sequence[str], allow_class_subset: bool =
             f"Data directory '{data_dir}' {what}. Pass a folder holding one sub-folder of "
             f"images per class of the model ({', '.join(classes)})."
         )
+    data_dir = _evaluated_split(data_dir)
     found = _class_folders(data_dir)
     missing = [name for name in classes if name not in found]
     extra = [name for name in found if name not in classes]

@@ -102,7 +102,7 @@ def preview_dataset(data_dir, out, augment="standard", image_size: int = 160, se
     augmentation = resolve_augmentation(augment)
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 32:
         raise ConfigError(f"image_size must be an integer >= 32, got {image_size!r}.")
-    files = data.list_class_folders(data_dir)
+    files = data.list_class_folders(data.resolve_layout(data_dir)[0])  # a pre-split folder: its train/
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"Output '{out}' is a file; pass a folder for the preview images.")

@@ -37,16 +37,21 @@ def fail(error: Exception) -> None:
     raise typer.Exit(code=2)
 
 
+def handle_errors(function):
+    """The one error handler: a `TransferkitError` is printed and exits with code 2."""
+    @functools.wraps(function)
+    def run(*a, **kw):
+        try:
+            return function(*a, **kw)
+        except TransferkitError as error:
+            fail(error)
+    return run
+
+
 def command(*args, **kwargs):
-    """`app.command`, with the one error handler: a `TransferkitError` is printed and exits with code 2."""
+    """`app.command`, with the one error handler (`handle_errors`)."""
     def register(function):
-        @functools.wraps(function)
-        def run(*a, **kw):
-            try:
-                return function(*a, **kw)
-            except TransferkitError as error:
-                fail(error)
-        return app.command(*args, **kwargs)(run)
+        return app.command(*args, **kwargs)(handle_errors(function))
     return register
 
 

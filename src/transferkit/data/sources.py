@@ -10,16 +10,20 @@ fingerprint, caches, evaluate's rebuilt split) sees plain files and works unchan
     resolve_source("https://host/set.zip#sha256=HEX")    -> <cache>/urls/<key>/<top folder>
 
 Nothing here downloads a TFDS dataset (`download=False`): one that is not prepared in
-the TFDS data dir fails before any work, saying how to get it.
+the TFDS data dir fails before any work, saying how to get it. A URL's archive may come from
+a local copy instead (`archive=`, or the file a Keras tutorial left in ~/.keras/datasets),
+checked against the checksum like a download.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
+import sys
 import tarfile
 import tempfile
 import zipfile
@@ -27,7 +31,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from transferkit.data.files import is_visible
-from transferkit.errors import DataError
+from transferkit.errors import DataError, DownloadError
+from transferkit.progress import progress_bar
 
 logger = logging.getLogger("transferkit")
 
@@ -69,12 +74,18 @@ def default_cache_dir(cache_dir=None) -> Path:
                                                   or Path.home() / ".cache" / "transferkit")
 
 
-def resolve_source(spec, *, tfds_data_dir=None, cache_dir=None) -> Path:
-    """A local class-folder directory for `spec` (a path, `tfds:NAME[:SPLIT]` or an http(s) archive URL)."""
+def resolve_source(spec, *, tfds_data_dir=None, cache_dir=None, archive=None) -> Path:
+    """A local class-folder directory for `spec` (a path, `tfds:NAME[:SPLIT]` or an http(s) archive URL).
+
+    `archive`: a local copy of a URL spec's file, used instead of downloading it (checked against
+    its #sha256 like a download), for machines without network.
+    """
+    if archive is not None and not is_url(spec):
+        raise DataError(f"A local archive ('{archive}') stands in for a URL source only, not for '{spec}'.")
     if is_tfds(spec):
         return _resolve_tfds(spec, tfds_data_dir, default_cache_dir(cache_dir))
     if is_url(spec):
-        return _resolve_url(spec, default_cache_dir(cache_dir))
+        return _resolve_url(spec, default_cache_dir(cache_dir), archive)
     return Path(spec)
 
 
@@ -164,11 +175,14 @@ def _materialise_split(builder, split: str, folder: Path) -> None:
         for name in names:
             (tmp / _safe(name)).mkdir()
         width = max(5, len(str(total)))
-        for index, example in enumerate(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))):
-            image = example[image_key]
-            if image.ndim == 3 and image.shape[-1] == 1:
-                image = image[..., 0]
-            Image.fromarray(image).save(tmp / _safe(names[int(example[label_key])]) / f"{index:0{width}d}.png")
+        examples = tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))
+        with progress_bar(total, f"writing {builder.name}:{split}", enabled=sys.stderr.isatty()) as advance:
+            for index, example in enumerate(examples):
+                image = example[image_key]
+                if image.ndim == 3 and image.shape[-1] == 1:
+                    image = image[..., 0]
+                Image.fromarray(image).save(tmp / _safe(names[int(example[label_key])]) / f"{index:0{width}d}.png")
+                advance(1)
         _write_marker(tmp, {"source": f"tfds:{builder.name}:{split}", "version": str(builder.info.version),
                             "images": total, "classes": list(names)})
         _publish(tmp, folder)
@@ -219,30 +233,78 @@ def _archive_name(url: str) -> str:
     return name
 
 
-def _resolve_url(spec: str, cache_root: Path) -> Path:
-    import keras
+def keras_datasets_dir() -> Path:
+    """Where `keras.utils.get_file` keeps downloads ($KERAS_HOME/datasets, else ~/.keras/datasets)."""
+    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras").expanduser() / "datasets"
 
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_archive(path: Path, url: str, sha256: str | None) -> None:
+    if not path.is_file():
+        raise DataError(f"The local copy '{path}' of '{url}' is not a file.")
+    if sha256 is not None and (found := file_sha256(path)) != sha256:
+        raise DataError(f"'{path}' has sha256={found}, but '{url}' should have sha256={sha256}: it is another file "
+                        "or an incomplete download. Nothing was extracted; replace it with a good copy.")
+
+
+def _local_copy(name: str, url: str, sha256: str | None, archive) -> Path | None:
+    """The given archive, else the file a Keras tutorial's get_file left in the Keras cache, else None."""
+    if archive is not None:
+        _check_archive(Path(archive), url, sha256)
+        return Path(archive)
+    cached = keras_datasets_dir() / name
+    if not cached.is_file():
+        return None
+    if sha256 is not None and file_sha256(cached) != sha256:  # as Keras does: ignore it, download again
+        logger.warning("Ignoring %s (the Keras download cache): its sha256 is not %s.", cached, sha256)
+        return None
+    logger.warning("Using %s (the Keras download cache) for %s.", cached, url)  # unchecked: Keras reuses it by name too
+    return cached
+
+
+def _resolve_url(spec: str, cache_root: Path, archive=None) -> Path:
     url, sha256 = parse_url(spec)
     name = _archive_name(url)
     key = hashlib.sha256(f"{url}\0{sha256}".encode()).hexdigest()[:16]
     extracted = cache_root / "urls" / key
     if not extracted.is_dir():
-        downloads = cache_root / "downloads" / key
-        downloads.mkdir(parents=True, exist_ok=True)
-        try:
+        local = _local_copy(name, url, sha256, archive)
+        if local is not None:
+            _extract(local, extracted)
+        else:
+            _download_and_extract(url, name, sha256, cache_root / "downloads" / key, extracted)
+    return _descend(extracted)
+
+
+def _download_and_extract(url: str, name: str, sha256: str | None, downloads: Path, extracted: Path) -> None:
+    import keras
+
+    downloads.mkdir(parents=True, exist_ok=True)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # Keras's progress bar: stdout stays clean for --json
             archive = keras.utils.get_file(name, origin=url, file_hash=sha256, hash_algorithm="sha256",
                                            cache_dir=str(downloads), cache_subdir=".")
-        except ValueError as error:  # Keras's "Incomplete or corrupted file": the checksum did not match
-            shutil.rmtree(downloads, ignore_errors=True)
-            raise DataError(f"The file downloaded from '{url}' does not match sha256={sha256} ({error}). Nothing "
-                            "was kept. Check the URL and the checksum (sha256sum FILE on a good copy).") from None
-        except Exception as error:  # no network, 404, refused connection
-            shutil.rmtree(downloads, ignore_errors=True)
-            raise DataError(f"Could not download '{url}' ({type(error).__name__}: {error}). Without network, "
-                            "download the archive elsewhere, extract it and pass the local folder.") from None
+    except ValueError as error:  # Keras's "Incomplete or corrupted file": the checksum did not match
+        shutil.rmtree(downloads, ignore_errors=True)
+        raise DataError(f"The file downloaded from '{url}' does not match sha256={sha256} ({error}). Nothing "
+                        "was kept. Check the URL and the checksum (sha256sum FILE on a good copy).") from None
+    except Exception as error:  # no network, 404, refused connection
+        shutil.rmtree(downloads, ignore_errors=True)
+        reason = f"Could not download '{url}' ({type(error).__name__}: {error})."
+        raise DownloadError(f"{reason} Without network, put a copy of {name} in {keras_datasets_dir()} (checked "
+                            "against the sha256), or download the archive elsewhere, extract it and pass the local "
+                            "folder.", reason) from None
+    try:
         _extract(Path(archive), extracted)
+    finally:
         shutil.rmtree(downloads, ignore_errors=True)  # the extracted folder is what is reused
-    return _descend(extracted)
 
 
 def _extract(archive: Path, final: Path) -> None:
