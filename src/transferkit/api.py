@@ -109,7 +109,7 @@ class ImageClassifier:
             board, tracker = run_loggers(self.settings(), out_dir, mlflow_uri, source)
             loggers = tuple(x for x in (board, tracker) if x is not None)
             try:
-                trained, plan = pipeline.train(resolved, data_dir, val_dir, out_dir, resume=_resume, loggers=loggers)
+                trained, plan = pipeline.train(resolved, data_dir, val_dir, out_dir, _resume, loggers, started)
             except BaseException:
                 if tracker is not None:
                     tracker.finish(None, {}, status="FAILED")
@@ -132,11 +132,11 @@ class ImageClassifier:
             trained.results["seconds"] = round(time.perf_counter() - started, 2)
             if out_dir is not None:  # the final figure includes saving time
                 trained.write_config(out_dir)
-                if self.write_report:
+                if self.write_report and (plan.budget is None or plan.budget.write_report):
                     self.report(out_dir)
                 if not trained.results["interrupted"]:  # an interrupted run keeps its checkpoint for resume()
                     shutil.rmtree(out_dir / rundir.CHECKPOINT_DIR, ignore_errors=True)
-            if board is not None:
+            if board is not None and (plan.budget is None or plan.budget.write_report):
                 log_figures(self, board, out_dir)
             if tracker is not None:
                 tracker.finish(out_dir, trained.results)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,44 @@ class Interval:
                 return "a positive integer" if self.kind is int else "a positive number"
             return f"{noun} {'>=' if self.closed in ('both', 'left') else '>'} {self.low:g}"
         return noun
+
+
+_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
+_DURATION = re.compile(r"(\d+(?:\.\d*)?)\s*([hms])")
+
+
+def parse_duration(value) -> float:
+    """Seconds from 300, '300', '90s', '5m', '1h30m' or '2.5m'."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and value.strip():
+        text = value.strip().lower()
+        try:
+            seconds = float(text)
+        except ValueError:
+            parts = _DURATION.findall(text)
+            if not parts or _DURATION.sub("", text).strip():
+                raise ConfigError(f"time_budget must be a duration such as '90s', '5m' or '1h30m' (or seconds), "
+                                  f"got {value!r}.") from None
+            seconds = sum(float(number) * _UNITS[unit] for number, unit in parts)
+    else:
+        raise ConfigError(f"time_budget must be a duration such as '90s', '5m' or '1h30m' (or seconds), got {value!r}.")
+    if seconds <= 0:
+        raise ConfigError(f"time_budget must be positive, got {value!r}.")
+    return seconds
+
+
+@dataclass(frozen=True)
+class Duration:
+    def accepts(self, value) -> bool:
+        try:
+            parse_duration(value)
+        except ConfigError:
+            return False
+        return True
+
+    def describe(self) -> str:
+        return "a duration such as '90s', '5m' or '1h30m', or seconds"
 
 
 @dataclass(frozen=True)
@@ -143,6 +182,9 @@ class Settings:
         TRAIN, POSITIVE_INT)
     cache_dir: str | None = setting(
         None, "Keep activation caches here, reused across runs (default: in memory).", TRAIN, TEXT)
+    time_budget: str | float | None = setting(
+        None, "Finish within this time ('90s', '5m', '1h'): the backbone's speed is measured first, then views, "
+        "image size and epochs are chosen to fit; the best epoch so far is always saved.", TRAIN, Duration())
     compute: str = setting(
         "auto", "Runtime of the backbone's forward passes: 'auto' (OpenVINO where installed and agreeing with "
         "Keras, else TensorFlow), 'openvino', 'tensorflow'.", TRAIN, OneOf(COMPUTE))

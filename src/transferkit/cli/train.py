@@ -10,7 +10,8 @@ from rich.table import Table
 from transferkit.cli.app import command, out, pct, setup_logging
 from transferkit.cli.options import DataDir, TfdsDataDir, with_settings
 from transferkit.errors import ConfigError
-from transferkit.settings import DATA, OUTPUT
+from transferkit._env import process_age
+from transferkit.settings import DATA, OUTPUT, parse_duration
 
 
 @command()
@@ -52,6 +53,8 @@ def train(
             raise ConfigError("--resume needs --out: the run folder to continue.")
         classifier = ImageClassifier.resume(out_dir, verbose=verbose)
     else:
+        if settings.get("time_budget") is not None:  # the budget counts from the command's start
+            settings["time_budget"] = max(1.0, parse_duration(settings["time_budget"]) - process_age())
         classifier = ImageClassifier(**{**settings, "verbose": verbose})
         out_dir = out_dir or next_free_dir(Path("runs") / source_name(data_dir))
         if mlflow and not mlflow_uri:

@@ -13,6 +13,7 @@ their size, so training keeps f32; prediction may use bf16 where top-1 agrees.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import tempfile
@@ -28,6 +29,9 @@ logger = logging.getLogger("transferkit")
 
 COMPUTE = ("auto", "openvino", "tensorflow")
 PRECISIONS = ("f32", "bf16")
+# 'auto' converts to OpenVINO only for passes over at least this many images: the conversion
+# costs seconds that fewer images do not earn back (BENCHMARKS.md).
+OPENVINO_MIN_IMAGES = 1000
 # Largest relative difference (max |a - b| / max |b| per output) an f32 runtime may show.
 F32_TOLERANCE = 1e-3
 # bf16 is accepted for features whose cosine similarity to Keras's stays above this.
@@ -48,6 +52,13 @@ def check_compute(compute) -> str:
     if compute == "openvino" and not openvino_available():
         raise ConfigError("compute='openvino' needs OpenVINO, which is not installed: "
                           "pip install 'transferkit[openvino]' (or pip install openvino), or use compute='auto'.")
+    return compute
+
+
+def compute_for(compute: str, images: int) -> str:
+    """The runtime 'auto' means for a pass over `images` images: OpenVINO only where it pays."""
+    if compute == "auto" and images < OPENVINO_MIN_IMAGES:
+        return "tensorflow"
     return compute
 
 
@@ -114,11 +125,19 @@ class OpenVINOForward:
                 errors.append(error)
 
         queue.set_callback(done)
-        for images, tag in batches:
-            if errors:
-                break
-            queue.start_async({0: np.ascontiguousarray(images, np.float32)}, tag)
-        queue.wait_all()
+        # Cyclic garbage collection could otherwise run inside OpenVINO's callback thread and free an
+        # OpenVINO object there, which aborts the process ("Resource deadlock avoided").
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            for images, tag in batches:
+                if errors:
+                    break
+                queue.start_async({0: np.ascontiguousarray(images, np.float32)}, tag)
+            queue.wait_all()
+        finally:
+            if collecting:
+                gc.enable()
         if errors:
             raise errors[0]
 

@@ -75,6 +75,7 @@ class ViewExtractor:
         names = [layer.name for layer in model.layers]
         augmenter = model.get_layer("augmentation") if "augmentation" in names else None
         self.pool = model.get_layer("pool")
+        self.base, self.cut = base, cut
         self.lower, self.upper = split_at(base, cut) if cut is not None else (base, None)
         self.boundary_shape = tuple(self.lower.output.shape[1:]) if cut is not None else None
         self.pooled_dim = int(self.pool.output.shape[-1])

@@ -8,11 +8,13 @@ first step (`Settings.resolve`), and every check on the data runs before trainin
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import logging
 import math
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,8 +24,9 @@ from transferkit.errors import DataError
 from transferkit.progress import progress_bar
 from transferkit.runs import folder as rundir
 from transferkit.runs.trained import TrainedModel
-from transferkit.settings import ResolvedSettings
+from transferkit.settings import ResolvedSettings, parse_duration
 from transferkit.training import schedules
+from transferkit.training.budget import BudgetPlan
 from transferkit.training.stages import Stage, run_stages
 
 logger = logging.getLogger("transferkit")
@@ -139,19 +142,39 @@ class StagePlan:
     cached_views: int | None = None
     backbone_images: int | None = None  # backbone passes the cache made
     cache_runtime: dict | None = None  # which runtime and precision computed the cache
+    budget: BudgetPlan | None = None  # what --time-budget chose
 
 
-def plan_stages(model, resolved: ResolvedSettings, splits: dict, data_dir: Path, verbose: int) -> StagePlan:
+def stage_epochs(resolved: ResolvedSettings, n_train: int) -> tuple[int, int]:
+    """(head epochs, fine-tuning epochs): as set, or enough optimiser steps for the data size."""
+    s = resolved.settings
+    epochs = s.epochs or schedules.auto_epochs(n_train, s.batch_size, schedules.HEAD_MIN_STEPS,
+                                               schedules.HEAD_EPOCH_RANGE)
+    fine_tune_epochs = s.fine_tune_epochs if s.fine_tune_epochs is not None else schedules.auto_epochs(
+        n_train, s.batch_size, schedules.FINE_TUNE_MIN_STEPS, schedules.FINE_TUNE_EPOCH_RANGE)
+    return epochs, fine_tune_epochs
+
+
+def view_extractor(model, resolved: ResolvedSettings, fine_tune_epochs: int, passes: int):
+    """The cache's extractor, cut at the fine-tuning boundary when there is a stage 2."""
+    from transferkit.modeling.classifier import backbone_of, clean_cut, fine_tune_index
+    from transferkit.modeling.forward import compute_for
+    from transferkit.training import cache
+
+    base = backbone_of(model)
+    cut = clean_cut(base, fine_tune_index(base, resolved.fine_tune_at)) if fine_tune_epochs else None
+    return cache.ViewExtractor(model, cut, compute_for(resolved.settings.compute, passes))
+
+
+def plan_stages(model, resolved: ResolvedSettings, splits: dict, data_dir: Path, verbose: int,
+                budget: BudgetPlan | None = None) -> StagePlan:
     """Stage 1 (head on the frozen backbone) and stage 2 (fine-tuning the top), with their data."""
     from transferkit.modeling.classifier import unfreeze_from
 
     s = resolved.settings
     n_train = len(splits[data.TRAIN])
-    epochs = s.epochs or schedules.auto_epochs(n_train, s.batch_size, schedules.HEAD_MIN_STEPS,
-                                               schedules.HEAD_EPOCH_RANGE)
-    fine_tune_epochs = s.fine_tune_epochs if s.fine_tune_epochs is not None else schedules.auto_epochs(
-        n_train, s.batch_size, schedules.FINE_TUNE_MIN_STEPS, schedules.FINE_TUNE_EPOCH_RANGE)
-    plan = StagePlan([], epochs, fine_tune_epochs)
+    epochs, fine_tune_epochs = stage_epochs(resolved, n_train)
+    plan = StagePlan([], epochs, fine_tune_epochs, budget=budget)
     if s.cache:
         head_inputs, top_inputs = _cached_inputs(model, resolved, splits, data_dir, fine_tune_epochs, plan, verbose)
     else:
@@ -167,9 +190,12 @@ def plan_stages(model, resolved: ResolvedSettings, splits: dict, data_dir: Path,
         return top_inputs()
 
     plan.stages = [
-        Stage(1, "Stage 1: training the head on the frozen backbone", epochs, s.learning_rate, head_inputs),
+        Stage(1, "Stage 1: training the head on the frozen backbone", epochs, s.learning_rate, head_inputs,
+              deadline=budget.head_deadline if budget else None),
         Stage(2, "Stage 2: fine-tuning the top of the backbone", fine_tune_epochs,
-              resolved.fine_tune_learning_rate, fine_tune_inputs, warmup=schedules.FINE_TUNE_WARMUP),
+              resolved.fine_tune_learning_rate, fine_tune_inputs, warmup=schedules.FINE_TUNE_WARMUP,
+              deadline=budget.fine_tune_deadline if budget else None,
+              min_seconds=budget.fine_tune_first_epoch if budget else 0.0),
     ]
     return plan
 
@@ -181,20 +207,20 @@ def _paths_labels(files: data.LabelledFiles) -> tuple:
 def _cached_inputs(model, resolved: ResolvedSettings, splits: dict, data_dir: Path, fine_tune_epochs: int,
                    plan: StagePlan, verbose: int):
     """Stage inputs that train on cached backbone activations (see `training.cache`)."""
-    from transferkit.modeling.classifier import backbone_of, clean_cut, fine_tune_index
     from transferkit.training import cache
 
     s = resolved.settings
-    base = backbone_of(model)
-    cut = clean_cut(base, fine_tune_index(base, resolved.fine_tune_at)) if fine_tune_epochs else None
-    extractor = cache.ViewExtractor(model, cut, s.compute)
+    n_train, n_val = len(splits[data.TRAIN]), len(splits[data.VALIDATION])
+    plan.cached_views = plan.budget.views if plan.budget else s.cached_views or schedules.auto_views(n_train)
+    extractor = (plan.budget.extractor if plan.budget and plan.budget.extractor is not None else
+                 view_extractor(model, resolved, fine_tune_epochs, n_train * plan.cached_views + n_val))
+    base, cut = extractor.base, extractor.cut
     key_settings = {
         "backbone": s.backbone, "weights": _weights_identity(resolved),
         "image_size": resolved.image_size, "augmentation": dataclasses.asdict(resolved.augmentation),
         "cut": base.operations[cut].name if cut is not None else None, "seed": s.seed,
     }
     cache_dir = writable_or_none(Path(s.cache_dir)) if s.cache_dir else None
-    plan.cached_views = s.cached_views or schedules.auto_views(len(splits[data.TRAIN]))
     arrays = []
     for files, views in ((splits[data.TRAIN], plan.cached_views), (splits[data.VALIDATION], 1)):
         key = cache.cache_key(files, data_dir, {**key_settings, "views": views}) if cache_dir else None
@@ -232,11 +258,35 @@ def fingerprint(splits: dict, data_dir, file_hashes: dict) -> str:
     return digest.hexdigest()
 
 
+def fit_budget(model, resolved: ResolvedSettings, splits: dict, started: float, num_classes: int):
+    """--time-budget: time the backbone on a few training images, then choose views, size and deadlines."""
+    from transferkit.training.budget import measure_pass, plan_budget
+
+    s = resolved.settings
+    n_train, n_val = len(splits[data.TRAIN]), len(splits[data.VALIDATION])
+    max_views = s.cached_views or schedules.auto_views(n_train)
+    probe = view_extractor(model, resolved, stage_epochs(resolved, n_train)[1], n_train * max_views + n_val)
+    seconds = measure_pass(probe, splits[data.TRAIN].paths, resolved.image_size, s.batch_size)
+    budget = plan_budget(parse_duration(s.time_budget), started, seconds, resolved.image_size, n_train, n_val,
+                         max_views, s.write_report)
+    if budget.image_size != resolved.image_size:
+        del probe
+        gc.collect()  # its OpenVINO model is freed here, on this thread
+        resolved = dataclasses.replace(resolved, image_size=budget.image_size)
+        model = build(resolved, num_classes)
+    else:
+        budget.extractor = probe  # the cache pass goes on with the runtime it measured
+    if s.verbose:
+        print(f"Time budget: {budget.describe()}.")
+    return model, resolved, budget
+
+
 def train(resolved: ResolvedSettings, data_dir, val_dir=None, out_dir: Path | None = None,
-          resume: bool = False, loggers: tuple = ()) -> tuple[TrainedModel, StagePlan]:
+          resume: bool = False, loggers: tuple = (), started: float | None = None) -> tuple[TrainedModel, StagePlan]:
     """scan -> split -> build -> stages. With `out_dir`, every epoch is checkpointed in it.
 
     `loggers` are Keras callbacks that see every epoch of both stages (TensorBoard, MLflow).
+    `started` (a time.perf_counter() value) is when the job began, which --time-budget counts from.
     """
     from transferkit.modeling.backbones import find_local_weights
     from transferkit.training.schedules import balanced_class_weights
@@ -253,7 +303,10 @@ def train(resolved: ResolvedSettings, data_dir, val_dir=None, out_dir: Path | No
         print(f"{len(classes)} classes, {len(splits[data.TRAIN])} training images ({counts}), "
               f"{len(splits[data.VALIDATION])} validation images; {s.backbone} at {resolved.image_size} px, "
               f"{steps} steps per epoch")
-    plan = plan_stages(model, resolved, splits, data_dir, s.verbose)
+    budget = None
+    if s.time_budget is not None:
+        model, resolved, budget = fit_budget(model, resolved, splits, started or time.perf_counter(), len(classes))
+    plan = plan_stages(model, resolved, splits, data_dir, s.verbose, budget)
     checkpoint_dir = None
     if out_dir is not None:
         checkpoint_dir = rundir.prepare_output_dir(out_dir, overwrite=True) / rundir.CHECKPOINT_DIR
@@ -275,6 +328,7 @@ def train(resolved: ResolvedSettings, data_dir, val_dir=None, out_dir: Path | No
         "fine_tune_learning_rate": resolved.fine_tune_learning_rate,
         "cached_views": plan.cached_views,
         "cache_runtime": plan.cache_runtime,
+        "time_budget": {"seconds": parse_duration(s.time_budget), "chose": budget.reasons} if budget else None,
         "class_weight": class_weights,
         "weights_file": str(find_local_weights(resolved.spec, s.weights_dir) or "")
         if s.weights == "imagenet" else s.weights,

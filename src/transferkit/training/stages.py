@@ -22,6 +22,7 @@ from transferkit.modeling.classifier import compile_classifier
 from transferkit.training.callbacks import (
     BestWeights, Checkpoint, EpochRecorder, StopOnCtrlC, TrainingResult, load_checkpoint, save_checkpoint,
 )
+from transferkit.training.budget import Deadline
 from transferkit.training.schedules import cosine_schedule
 
 
@@ -40,6 +41,8 @@ class Stage:
     learning_rate: float
     prepare: Callable[[], tuple]
     warmup: float = 0.0  # fraction of the stage's steps spent ramping the learning rate up from zero
+    deadline: float | None = None  # time.perf_counter() by which the stage's last epoch must end (--time-budget)
+    min_seconds: float = 0.0  # with a deadline: the stage is skipped when less time than this is left
 
 
 def run_stages(
@@ -73,6 +76,10 @@ def run_stages(
             done = _epochs_done(state, stage.number, first)
             if done is None:
                 continue
+            if stage.number > 1 and stage.deadline is not None and time.perf_counter() + stage.min_seconds > stage.deadline:
+                if verbose:
+                    print(f"{stage.title}: skipped, the time budget is used up.")
+                continue
             if stage.number > 1:
                 result.fine_tune_start_epoch = first
             fit_model, train_data, val_data = stage.prepare()
@@ -91,6 +98,8 @@ def run_stages(
                 callbacks.append(extra)
             if patience:
                 callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience))
+            if stage.deadline is not None:
+                callbacks.append(Deadline(stage.deadline))
             started = time.perf_counter()
             fit_model.fit(train_data, validation_data=val_data, initial_epoch=first - 1 + done,
                           epochs=first - 1 + stage.epochs, callbacks=callbacks, class_weight=class_weight,
