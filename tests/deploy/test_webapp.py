@@ -189,3 +189,31 @@ def test_cli_refuses_a_non_loopback_host(tmp_path):
     result = CliRunner().invoke(app, ["app", "--workspace", str(tmp_path / "ws"), "--host", "0.0.0.0"])
     assert result.exit_code == 2 and "no login" in result.output
     assert not (tmp_path / "ws").exists()
+
+
+def test_a_training_worker_is_cancelled_and_keeps_its_best_weights(tiny_dir, tmp_path):
+    """A real worker process: status while it trains, one run at a time, cancel = SIGINT, the run saved."""
+    import time
+
+    with TestClient(create_app(tmp_path / "ws")) as client:
+        client.post("/api/projects", json={"name": "alpacas"})
+        assert client.post("/api/projects/alpacas/import", json={"path": str(tiny_dir)}).status_code == 200
+        started = client.post("/api/projects/alpacas/runs", json={
+            "image_size": 96, "epochs": 1, "fine_tune_epochs": 100, "report": False})
+        assert started.status_code == 201, started.text
+        run = started.json()["run"]
+        assert error(client.post("/api/projects/alpacas/runs", json={}), 409)["code"] == "busy"
+        deadline = time.monotonic() + 120
+        while (status := client.get(f"/api/projects/alpacas/runs/{run}").json())["epoch"] < 2:
+            assert status["state"] == "running" and time.monotonic() < deadline, status
+            time.sleep(0.2)
+        assert status["stage"] == "fine-tuning the backbone"
+        assert client.post(f"/api/projects/alpacas/runs/{run}/cancel").json()["cancel_requested"] is True
+        while (status := client.get(f"/api/projects/alpacas/runs/{run}").json())["state"] == "running":
+            assert time.monotonic() < deadline, status
+            time.sleep(0.2)
+    assert status["state"] == "cancelled", status
+    assert status["results"]["interrupted"] is True and 2 <= status["epoch"] < 101
+    assert (tmp_path / "ws" / "alpacas" / "runs" / run / "model.keras").is_file()
+    with TestClient(create_app(tmp_path / "ws")) as client:  # an app restart sees it as it is on disk
+        assert client.get(f"/api/projects/alpacas/runs/{run}").json()["state"] == "cancelled"

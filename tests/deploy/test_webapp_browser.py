@@ -127,6 +127,7 @@ def test_app_in_a_browser(tmp_path):
         page.fill("[data-test=new-class]", "../escape")
         page.click("text=Add class")
         expect(page.locator("[data-test=error]").first).to_contain_text("is not allowed")
+        page.fill("[data-test=new-class]", "")
         for name, files in uploads.items():
             card = page.locator(f'.class-card[data-class="{name}"]')
             card.locator("[data-test=file-input]").set_input_files([str(f) for f in files])
@@ -146,23 +147,26 @@ def test_app_in_a_browser(tmp_path):
         assert captured >= 2, captured
         frames = sorted((workspace / "alpacas" / "data" / "alpaca").glob("webcam-*.jpg"))
         assert len(frames) == captured and Image.open(frames[0]).size == (320, 240)
-        page.click("[data-test=camera]")
         expect(page.locator("[data-test=doctor-summary]")).to_have_text(
             f"{2 * PER_CLASS + captured} usable images, 0 that training would skip")
         shoot(page, "data", shots)
+        page.click("[data-test=camera]")
 
-        # Train: a short run at 96 px; the curves fill in while it trains.
+        # Train: a short run at 128 px; the curves fill in while it trains.
         page.click("header nav >> text=Train")
-        page.select_option("[data-test=image-size]", "96")
-        page.fill("[data-test=epochs]", "3")
+        page.select_option("[data-test=image-size]", "128")
+        page.fill("[data-test=epochs]", "12")
         page.fill("[data-test=fine-tune-epochs]", "1")
         page.uncheck("[data-test=report]")
         page.click("[data-test=start]")
         expect(page.locator("[data-test=state]")).to_have_text("running")
-        page.wait_for_function("Number(document.body.dataset.chartPoints || 0) >= 1", timeout=90_000)
+        page.wait_for_function("Number(document.body.dataset.chartPoints || 0) >= 1 && "
+                               "document.querySelector('[data-test=state]').textContent === 'running'", timeout=90_000)
+        live_epoch = int(page.locator("[data-test=epoch]").inner_text())
         expect(page.locator("[data-test=state]")).to_have_text("finished", timeout=90_000)
-        expect(page.locator("[data-test=epoch]")).to_have_text("4")
-        assert page.evaluate("document.body.dataset.chartPoints") == "4"
+        expect(page.locator("[data-test=epoch]")).to_have_text("13")
+        assert 1 <= live_epoch < 13  # the counter advanced while it trained
+        assert page.evaluate("document.body.dataset.chartPoints") == "13"
         assert page.locator("[data-test=loss-chart] .u-title").count() == 1  # one chart, redrawn in place
         expect(page.locator("[data-test=val-accuracy]")).to_contain_text("%")
         shoot(page, "train", shots)
@@ -203,7 +207,7 @@ def test_app_in_a_browser(tmp_path):
     assert saved.suffix == ".tflite"
     interpreter = tf.lite.Interpreter(model_path=str(saved))
     interpreter.allocate_tensors()
-    assert list(interpreter.get_input_details()[0]["shape"][1:]) == [96, 96, 3]
+    assert list(interpreter.get_input_details()[0]["shape"][1:]) == [128, 128, 3]
     # A restarted app shows the run as it is on disk.
     from fastapi.testclient import TestClient
 
@@ -211,6 +215,6 @@ def test_app_in_a_browser(tmp_path):
 
     with TestClient(create_app(workspace)) as client:
         runs = client.get("/api/projects/alpacas/runs").json()["runs"]
-    assert [r["state"] for r in runs] == ["finished"] and runs[0]["epoch"] == 4
+    assert [r["state"] for r in runs] == ["finished"] and runs[0]["epoch"] == 13
     assert checksums(ALPACA) == shared_before  # uploads never wrote into the source folders
     print(f"browser test took {time.perf_counter() - started:.1f} s")

@@ -163,7 +163,7 @@ class Jobs:
             state = FINISHED
         else:
             state = STOPPED  # the app stopped while it trained; the folder may hold a resumable checkpoint
-        if state in (CANCELLED, FAILED) and results is not None:
+        if state != RUNNING and results is not None:  # the saved run says how it ended
             state = CANCELLED if results.get("interrupted") else FINISHED
         history = _history(run_dir)
         stage = _stage(state, history, run_dir, results)

@@ -140,7 +140,8 @@ function makeChart(element, title, series, yRange) {
   const opts = {
     title, width: Math.max(280, element.clientWidth || 420), height: 220,
     scales: { x: { time: false }, y: yRange ? { range: yRange } : {} },
-    axes: [{ label: "epoch" }, {}],
+    axes: [{ label: "epoch", incrs: [1, 2, 5, 10, 20, 50, 100] }, {}],
+    legend: { live: false },
     series: [{ label: "epoch" }, ...series.map(([label, stroke, dash]) => ({ label, stroke, width: 2, dash, points: { show: true, size: 5 } }))],
   };
   return new uPlot(opts, [[], ...series.map(() => [])], element);
