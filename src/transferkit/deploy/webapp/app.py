@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import mimetypes
+import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -53,6 +54,8 @@ def create_app(workspace) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app):
+        # Import TensorFlow now, in the background, so the first prediction does not wait for it.
+        threading.Thread(target=_import_tensorflow, daemon=True, name="transferkit-warm-up").start()
         yield
         await run_in_threadpool(jobs.shutdown)
 
@@ -234,6 +237,14 @@ def create_app(workspace) -> FastAPI:
         return await run_in_threadpool(models.export, finished_run(project, run), body.get("format"))
 
     return app
+
+
+def _import_tensorflow() -> None:
+    try:
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+    except ImportError:  # the first prediction says what is missing
+        pass
 
 
 def run_app(workspace, host: str = "127.0.0.1", port: int = 8000, on_start=None) -> None:

@@ -165,6 +165,10 @@ function trainPage() {
       const wanted = params.get("run") || (this.runs[0] && this.runs[0].run);
       if (wanted) this.show(wanted);
     },
+    fineTuneFrom() {
+      const row = ((this.run && this.run.history) || []).find((r) => r.stage === 2);
+      return row ? row.epoch_index : 0;
+    },
     async refreshRuns() { this.runs = (await api(`${projectUrl(this.project)}/runs`)).runs; },
     draw() {
       const h = (this.run && this.run.history) || [];
