@@ -172,6 +172,10 @@ def test_app_in_a_browser(tmp_path):
         assert page.evaluate("document.body.dataset.chartPoints") == "11"
         assert page.locator("[data-test=loss-chart] .u-title").count() == 1  # one chart, redrawn in place
         expect(page.locator("[data-test=val-accuracy]")).to_contain_text("%")
+        card = page.locator(".card.progress").bounding_box()
+        for chart in ("loss", "acc"):  # both charts fit inside their card, side by side
+            box = page.locator(f"[data-test={chart}-chart] canvas").bounding_box()
+            assert card["x"] <= box["x"] and box["x"] + box["width"] <= card["x"] + card["width"], (chart, box, card)
         shoot(page, "train", shots)
 
         # Test: an alpaca photo it has not seen, its label, bars and Grad-CAM; then the evaluation.

@@ -138,13 +138,16 @@ function dataPage() {
 
 function makeChart(element, title, series, yRange) {
   const opts = {
-    title, width: Math.max(280, element.clientWidth || 420), height: 220,
+    title, width: element.clientWidth || 360, height: 220,
     scales: { x: { time: false }, y: yRange ? { range: yRange } : {} },
     axes: [{ label: "epoch", incrs: [1, 2, 5, 10, 20, 50, 100] }, {}],
     legend: { live: false },
     series: [{ label: "epoch" }, ...series.map(([label, stroke, dash]) => ({ label, stroke, width: 2, dash, points: { show: true, size: 5 } }))],
   };
-  return new uPlot(opts, [[], ...series.map(() => [])], element);
+  const chart = new uPlot(opts, [[], ...series.map(() => [])], element);
+  // Follow the grid cell's width (it is 0 while the page is still hidden when the chart is made).
+  new ResizeObserver(() => { if (element.clientWidth) chart.setSize({ width: element.clientWidth, height: 220 }); }).observe(element);
+  return chart;
 }
 
 function trainPage() {
@@ -157,6 +160,7 @@ function trainPage() {
     async load() {
       if (!this.project) return;
       this.options = await api("/api/options");
+      await this.$nextTick();
       this.charts = {
         loss: makeChart(this.$refs.loss, "Loss", [["train", "#2563eb"], ["validation", "#dc2626", [6, 4]]]),
         acc: makeChart(this.$refs.acc, "Accuracy", [["train", "#2563eb"], ["validation", "#dc2626", [6, 4]]], [0, 1]),
