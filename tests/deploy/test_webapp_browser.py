@@ -194,6 +194,10 @@ def test_app_in_a_browser(tmp_path):
         page.click("[data-test=evaluate]")
         page.wait_for_function("document.querySelector('[data-test=confusion]').naturalWidth > 0", timeout=60_000)
         shoot(page, "test", shots)
+        page.click("[data-test=live]")  # live predictions of webcam frames, with their Grad-CAM
+        expect(page.locator("[data-test=filename]")).to_have_text("webcam frame")
+        expect(page.locator("[data-test=label]")).to_have_text(re.compile("^(alpaca|not alpaca)$"))
+        page.click("[data-test=live]")
 
         # Export: TFLite, downloaded and loaded.
         page.click("header nav >> text=Export and serve")
