@@ -4,6 +4,7 @@ and that nothing is written outside the workspace. The browser test drives the w
 from __future__ import annotations
 
 import io
+import json
 import os
 from pathlib import Path
 
@@ -217,3 +218,20 @@ def test_a_training_worker_is_cancelled_and_keeps_its_best_weights(tiny_dir, tmp
     assert (tmp_path / "ws" / "alpacas" / "runs" / run / "model.keras").is_file()
     with TestClient(create_app(tmp_path / "ws")) as client:  # an app restart sees it as it is on disk
         assert client.get(f"/api/projects/alpacas/runs/{run}").json()["state"] == "cancelled"
+
+
+def test_events_stream_a_runs_status_and_end_when_it_is_not_training(setup):
+    client, workspace, _ = setup
+    run = workspace / "pets" / "runs" / "run-1"
+    (run / "checkpoint").mkdir(parents=True)  # an app that stopped mid-run left this checkpoint behind
+    (run / "checkpoint" / "state.json").write_text(
+        '{"history": [{"epoch": 1, "stage": 1, "loss": 0.9, "accuracy": 0.5, "val_loss": 0.8, "val_accuracy": 0.6}]}')
+    with client.stream("GET", "/api/projects/pets/runs/run-1/events") as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        text = "".join(response.iter_text())
+    events = [block for block in text.split("\n\n") if block.strip()]
+    assert events[0].startswith("event: status\ndata: ") and events[-1].startswith("event: end")
+    status = json.loads(events[0].split("data: ", 1)[1])
+    assert status["state"] == "stopped" and status["epoch"] == 1 and status["history"][0]["val_accuracy"] == 0.6
+    listed = client.get("/api/projects/pets/runs").json()["runs"]
+    assert [(r["run"], r["state"]) for r in listed] == [("run-1", "stopped")]
