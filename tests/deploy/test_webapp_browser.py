@@ -10,10 +10,8 @@ when set (scripts/app_screenshots.py sets it to docs/).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys

@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from transferkit import __version__
 from transferkit.deploy.server import BodyLimit, RequestError, error_response, install_error_handlers, is_loopback
-from transferkit.deploy.webapp.jobs import FINISHED, RUNNING, Jobs
+from transferkit.deploy.webapp.jobs import RUNNING, Jobs
 from transferkit.deploy.webapp.models import Models
 from transferkit.deploy.webapp.workspace import Workspace, inside
 from transferkit.errors import ConfigError, TransferkitError
@@ -262,4 +262,4 @@ def run_app(workspace, host: str = "127.0.0.1", port: int = 8000, on_start=None)
     uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)).run()
 
 
-__all__ = ["create_app", "run_app", "FINISHED"]
+__all__ = ["create_app", "run_app"]
