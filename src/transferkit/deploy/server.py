@@ -174,7 +174,7 @@ class Batcher:
 # -- the application -----------------------------------------------------------------------
 
 
-def _error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+def error_response(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
@@ -193,7 +193,7 @@ class BodyLimit:
             f"The request body is larger than the limit of {self.max_bytes} bytes; send fewer or smaller images "
             "(the server's --max-upload-mb sets the limit).")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            response = _error(too_large.status, too_large.code, too_large.message, {"Connection": "close"})
+            response = error_response(too_large.status, too_large.code, too_large.message, {"Connection": "close"})
             return await response(scope, receive, send)
         received = 0
 
@@ -207,6 +207,29 @@ class BodyLimit:
             return message
 
         return await self.app(scope, limited_receive, send)
+
+
+def install_error_handlers(app) -> None:
+    """Every refusal as `{"error": {"code", "message"}}`: RequestError, bad parameters, 404/405, and bugs (500)."""
+
+    @app.exception_handler(RequestError)
+    async def _refused(_request, error: RequestError):
+        return error_response(error.status, error.code, error.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request, error: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
+        return error_response(422, "invalid_parameter", f"Invalid request parameter(s): {problems}.")
+
+    @app.exception_handler(HTTPException)
+    async def _http(_request, error: HTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+        return error_response(error.status_code, code, str(error.detail), getattr(error, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _bug(_request, error: Exception):
+        logger.exception("Unexpected error while serving a request")
+        return error_response(500, "internal_error", f"Internal server error ({type(error).__name__}); this is a bug in transferkit.")
 
 
 def model_info(predictor: Predictor) -> dict:
@@ -282,24 +305,7 @@ def create_app(source, *, api_key: str | None = None, limits: ServerLimits | Non
     app.state.predictor, app.state.batcher, app.state.limits = predictor, batcher, limits
     app.add_middleware(BodyLimit, max_bytes=limits.max_upload_bytes)
 
-    @app.exception_handler(RequestError)
-    async def _refused(_request, error: RequestError):
-        return _error(error.status, error.code, error.message)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_request, error: RequestValidationError):
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
-        return _error(422, "invalid_parameter", f"Invalid request parameter(s): {problems}.")
-
-    @app.exception_handler(HTTPException)
-    async def _http(_request, error: HTTPException):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
-        return _error(error.status_code, code, str(error.detail), getattr(error, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def _bug(_request, error: Exception):
-        logger.exception("Unexpected error while serving a request")
-        return _error(500, "internal_error", f"Internal server error ({type(error).__name__}); this is a bug in transferkit.")
+    install_error_handlers(app)
 
     @app.middleware("http")
     async def _authorize(request: Request, call_next):
@@ -309,7 +315,7 @@ def create_app(source, *, api_key: str | None = None, limits: ServerLimits | Non
             if given is None and scheme.lower() == "bearer":
                 given = token.strip()
             if given is None or not hmac.compare_digest(given.encode(), api_key.encode()):
-                return _error(401, "unauthorized", "Missing or wrong API key: send 'Authorization: Bearer KEY' "
+                return error_response(401, "unauthorized", "Missing or wrong API key: send 'Authorization: Bearer KEY' "
                               "or 'X-API-Key: KEY'.", {"WWW-Authenticate": "Bearer"})
         return await call_next(request)
 
@@ -381,20 +387,25 @@ def create_app(source, *, api_key: str | None = None, limits: ServerLimits | Non
             await form.close()
 
     def _decode(name: str, content: bytes) -> np.ndarray:
-        try:
-            return data.load_image_bytes(content, predictor.image_size, limits.max_pixels, name=name)
-        except data.PixelLimitError as error:
-            raise RequestError(413, "too_many_pixels", str(error)) from None
-        except UnidentifiedImageError:
-            raise RequestError(422, "not_an_image", f"{name}: {len(content)} bytes that are not an image Pillow can "
-                               f"read (starts with {content[:16]!r}); send a JPEG, PNG, BMP, GIF, WebP or TIFF file.") from None
-        except DECODE_ERRORS as error:
-            truncated = "truncated" in str(error).lower()
-            raise RequestError(422, "truncated_image" if truncated else "unreadable_image",
-                               f"{name}: the image cannot be decoded ({error}); the file is probably "
-                               f"{'cut short' if truncated else 'corrupt'}. Re-save or re-upload it.") from None
+        return decode_upload(name, content, predictor.image_size, limits.max_pixels)
 
     return app
+
+
+def decode_upload(name: str, content: bytes, size: int | None, max_pixels: int) -> np.ndarray:
+    """An uploaded file's pixels (`data.load_image_bytes`), or a RequestError (413/422) that names the file."""
+    try:
+        return data.load_image_bytes(content, size, max_pixels, name=name)
+    except data.PixelLimitError as error:
+        raise RequestError(413, "too_many_pixels", str(error)) from None
+    except UnidentifiedImageError:
+        raise RequestError(422, "not_an_image", f"{name}: {len(content)} bytes that are not an image Pillow can "
+                           f"read (starts with {content[:16]!r}); send a JPEG, PNG, BMP, GIF, WebP or TIFF file.") from None
+    except DECODE_ERRORS as error:
+        truncated = "truncated" in str(error).lower()
+        raise RequestError(422, "truncated_image" if truncated else "unreadable_image",
+                           f"{name}: the image cannot be decoded ({error}); the file is probably "
+                           f"{'cut short' if truncated else 'corrupt'}. Re-save or re-upload it.") from None
 
 
 # What a broken image raises from Pillow's decoders (truncated data, bad chunks, bad headers).
