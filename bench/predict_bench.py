@@ -5,9 +5,11 @@
 
 Baseline: `keras.utils.image_dataset_from_directory` + `model.predict` on the run's
 model.keras, batch 32 (what a Keras user writes). transferkit: the `transferkit predict`
-command on the same folder, first on RUN_DIR with an empty cache (so it pays its one-time
-TFLite conversion when the folder is large enough to be worth it), then again (cached),
-then on each --model (an exported .tflite / SavedModel / .onnx). Every measurement is a
+command on the same folder, first on RUN_DIR with an empty cache (a run trained with OpenVINO
+installed predicts on its own checked OpenVINO copy; an older one pays a one-time TFLite
+conversion when the folder is large enough to be worth it), then again (cached), then on
+each --model (an exported .tflite / SavedModel / .onnx). "top-1 = Keras" is the share of
+files whose label equals the baseline's. Every measurement is a
 fresh process; its peak RSS comes from wait4(). "predict img/s" is images over the
 prediction itself (decoding included, start-up and model loading not), as each side
 reports it; "end-to-end img/s" is images over the whole process's wall time.
@@ -16,6 +18,8 @@ reports it; "end-to-end img/s" is images over the whole process's wall time.
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import os
 import re
@@ -45,7 +49,10 @@ def baseline_child(run_dir: str, data_dir: str, batch_size: int) -> None:
     started = time.perf_counter()
     probabilities = model.predict(ds, verbose=0)
     seconds = time.perf_counter() - started
-    print(json.dumps({"images": len(probabilities), "seconds": seconds}))
+    classes = (Path(run_dir) / "classes.txt").read_text().split()
+    top1 = (probabilities[:, 0] > 0.5).astype(int) if probabilities.shape[1] == 1 else probabilities.argmax(1)
+    labels = {os.path.abspath(path): classes[i] for path, i in zip(ds.file_paths, top1)}
+    print(json.dumps({"images": len(probabilities), "seconds": seconds, "labels": labels}))
 
 
 def run_measured(command: list[str], env: dict | None = None) -> dict:
@@ -76,8 +83,10 @@ def transferkit_row(label: str, model: str, data_dir: str, env: dict) -> dict:
     converted = CONVERTED.search(result["stderr"])
     images, seconds = int(match.group(1)), float(match.group(2))
     note = match.group(4) + (f"; converted once in {converted.group(1)} s" if converted else "")
+    rows = csv.DictReader(io.StringIO(result["stdout"]))
+    labels = {os.path.abspath(row["path"]): row["label"] for row in rows}
     return {"method": label, "images": images, "seconds": seconds, "wall": result["wall"],
-            "rss_mb": result["rss_mb"], "note": note}
+            "rss_mb": result["rss_mb"], "note": note, "labels": labels}
 
 
 def baseline_row(run_dir: str, data_dir: str, batch_size: int) -> dict:
@@ -86,7 +95,7 @@ def baseline_row(run_dir: str, data_dir: str, batch_size: int) -> dict:
     out = json.loads(result["stdout"].strip().splitlines()[-1])
     return {"method": "Keras: image_dataset_from_directory + model.predict", "images": out["images"],
             "seconds": out["seconds"], "wall": result["wall"], "rss_mb": result["rss_mb"],
-            "note": f"batch {batch_size}"}
+            "note": f"batch {batch_size}", "labels": out["labels"]}
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -96,18 +105,24 @@ def summarise(rows: list[dict]) -> dict:
     return {"method": rows[0]["method"], "images": images, "seconds": pick("seconds"), "wall": pick("wall"),
             "rss_mb": max(r["rss_mb"] for r in rows), "note": rows[-1]["note"], "runs": len(rows),
             "rate": images / pick("seconds"), "best_rate": max(images / r["seconds"] for r in rows),
-            "e2e": images / pick("wall")}
+            "e2e": images / pick("wall"), "labels": rows[-1]["labels"]}
+
+
+def agreement(labels: dict, reference: dict) -> float:
+    """Share of the reference's files given the same top-1 label."""
+    return sum(labels.get(path) == label for path, label in reference.items()) / max(1, len(reference))
 
 
 def print_table(results: list[dict]) -> None:
     base = results[0]
     header = (f"{'method':<58} {'runs':>4} {'images':>6} {'predict img/s':>13} {'best':>6} {'x base':>6} "
-              f"{'end-to-end img/s':>16} {'x base':>6} {'peak RSS MB':>11}")
+              f"{'end-to-end img/s':>16} {'x base':>6} {'top-1 = Keras':>13} {'peak RSS MB':>11}")
     print(header)
     print("-" * len(header))
     for r in results:
         print(f"{r['method']:<58} {r['runs']:>4} {r['images']:>6} {r['rate']:>13.1f} {r['best_rate']:>6.1f} "
-              f"{r['rate'] / base['rate']:>6.2f} {r['e2e']:>16.1f} {r['e2e'] / base['e2e']:>6.2f} {r['rss_mb']:>11.0f}")
+              f"{r['rate'] / base['rate']:>6.2f} {r['e2e']:>16.1f} {r['e2e'] / base['e2e']:>6.2f} "
+              f"{100 * agreement(r['labels'], base['labels']):>12.1f}% {r['rss_mb']:>11.0f}")
     print()
     for r in results:
         print(f"  {r['method']}: {r['note']}")
@@ -145,7 +160,8 @@ def main() -> None:
     print(f"{results[0]['images']} images from {args.data}, {os.cpu_count()} CPU(s), run {args.run_dir}\n")
     print_table(results)
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(results, indent=2))
+        Path(args.json_out).write_text(json.dumps([{k: v for k, v in r.items() if k != "labels"} for r in results],
+                                                  indent=2))
 
 
 if __name__ == "__main__":

@@ -87,4 +87,20 @@ def fit_open_set(trained: TrainedModel, accept_rate: float = openset.DEFAULT_ACC
     # exports only carry probabilities: they reject by max-softmax, with its own threshold
     msp = np.sort(openset.msp_score(openset.softmax(openset.two_class_logits(val.logits) / temperature)))
     ood.update(msp_threshold=openset.threshold_for(msp, accept_rate), msp_val_scores=msp.astype(np.float32))
+    _measure_bf16(trained, trained.split(data.VALIDATION), val, accept_rate, batch_size)
     return val
+
+
+def _measure_bf16(trained: TrainedModel, files: data.LabelledFiles, val: FeatureSet, accept_rate: float,
+                  batch_size: int) -> None:
+    """Score the validation images again with the run's OpenVINO copy in bf16: the top-1 agreement
+    decides whether prediction may use it, and its own threshold keeps the acceptance rate."""
+    if trained.openvino_forward() is None:
+        return
+    _, features, logits = trained.predict_outputs(list(files.paths), batch_size, precision="bf16")
+    ok = ~np.isnan(logits).any(axis=1)
+    if ok.sum() != len(val.labels):
+        return
+    scores = np.sort(trained.unknown_scores(features[ok], logits[ok]))
+    trained.ood.update(bf16_top1_agreement=float((logits[ok].argmax(1) == val.logits.argmax(1)).mean()),
+                       bf16_threshold=openset.threshold_for(scores, accept_rate), bf16_val_scores=scores.astype(np.float32))

@@ -25,19 +25,20 @@ def predict(
     reject: bool = typer.Option(True, "--reject/--no-reject", help="Flag images unlike the training images as unknown (run folders trained with an unknown detector; exports: by max-softmax). --no-reject: plain labels, as before."),
     accept_rate: Optional[float] = typer.Option(None, help="Share of in-distribution (validation) images to accept, e.g. 0.95 (the run's default); lower rejects more.", show_default=False),
     threshold: Optional[float] = typer.Option(None, help="Unknown when the score is above this (overrides --accept-rate).", show_default=False),
-    runtime: str = typer.Option("auto", help="auto: the fastest available (for a run folder, a TFLite copy that passed the parity check, else Keras); or keras, tflite, savedmodel, onnx."),
+    precision: str = typer.Option("auto", help="A run folder's OpenVINO copy: auto (bf16 where the CPU has it and the run measured bf16 giving its f32 labels, else f32), f32 or bf16."),
+    runtime: str = typer.Option("auto", help="auto: the fastest available (for a run folder, its OpenVINO copy, else a TFLite copy that passed the parity check, else Keras); or openvino, keras, tflite, savedmodel, onnx."),
 ):
     """Label each image with the trained classifier (label and confidence); images/s on stderr."""
     setup_logging(quiet=False)
     from transferkit.deploy.predictor import Predictor
 
-    predictor = Predictor(run_dir, runtime=runtime, verbose=0 if (as_json or as_csv) else 1)
+    predictor = Predictor(run_dir, runtime=runtime, verbose=0 if (as_json or as_csv) else 1, precision=precision)
     if explain_dir is not None and predictor.kind != "run":
         raise ConfigError("--explain (Grad-CAM) needs the Keras model: pass the run folder, not an exported model.")
     predictions = predictor.predict(inputs, top_k=top_k, batch_size=batch_size, reject=reject,
                                     accept_rate=accept_rate, threshold=threshold)
     scored = any(p.unknown is not None for p in predictions)
-    overlays = _explain_predictions(predictor.trained, predictions, explain_dir)
+    overlays = _explain_predictions(predictor, predictions, explain_dir)
     if as_json:
         print(json.dumps([
             {"path": p.path, "label": p.label, "confidence": p.confidence,
@@ -81,10 +82,12 @@ def _print_throughput(predictor) -> None:
                   f"({stats['description']}, batch {stats['batch_size']})", highlight=False, soft_wrap=True)
 
 
-def _explain_predictions(trained, predictions, explain_dir) -> dict:
-    """Grad-CAM overlays for the predicted class of each classified image: {path: overlay path}."""
+def _explain_predictions(predictor, predictions, explain_dir) -> dict:
+    """Grad-CAM overlays for the predicted class of each classified image: {path: overlay path}.
+    Only these need the Keras model (and TensorFlow)."""
     if explain_dir is None or not predictions:
         return {}
     from transferkit.analysis.explain import explain_images
 
-    return {e.path: e.overlay_path for e in explain_images(trained, [p.path for p in predictions], None, explain_dir)}
+    paths = [p.path for p in predictions]
+    return {e.path: e.overlay_path for e in explain_images(predictor.trained, paths, None, explain_dir)}

@@ -39,6 +39,7 @@ logger = logging.getLogger("transferkit")
 
 # A run folder without a TFLite copy is converted (once, cached) only for calls this large.
 CONVERT_MIN_IMAGES = 2000
+PRECISIONS = ("auto", "f32", "bf16")  # of a run folder's OpenVINO copy
 # Validation images the parity check of a cached conversion looks at, at most.
 CACHE_PARITY_IMAGES = 200
 
@@ -64,9 +65,12 @@ class Predictor:
     """
 
     def __init__(self, source, runtime: str = "auto", *, num_threads: int | None = None,
-                 cache_dir: str | os.PathLike | None = None, verbose: int = 0):
+                 cache_dir: str | os.PathLike | None = None, verbose: int = 0, precision: str = "auto"):
         if runtime not in RUNTIMES:
             raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}.")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
+        self.precision = precision
         if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1):
             raise ConfigError(f"num_threads must be a positive integer or None, got {num_threads!r}.")
         source = Path(source)
@@ -151,12 +155,20 @@ class Predictor:
             return None
         copy = openvino_copy(self.source)
         if copy is not None:
-            self._runtime = OpenVINORuntime(*copy, num_threads=self.num_threads)
+            self._runtime = OpenVINORuntime(*copy, precision=self._openvino_precision(), num_threads=self.num_threads)
         elif self.requested_runtime == "openvino":
             raise ConfigError(
                 f"'{self.source}' has no OpenVINO copy of its model ('{rundir.OPENVINO_DIR}/', written by `train` "
                 "when OpenVINO is installed: pip install openvino, then train again); use runtime 'auto'.")
         return self._runtime
+
+    def _openvino_precision(self) -> str:
+        """bf16 where asked, or (auto) where the CPU has it and the run measured bf16 giving its f32 labels."""
+        from transferkit.modeling.forward import cpu_has_bf16
+
+        if self.precision != "auto":
+            return self.precision
+        return "bf16" if self._meta.bf16_agrees and cpu_has_bf16() else "f32"
 
     def _checked_tflite_copy(self) -> Path | None:
         """`RUN/export/model.tflite` or a cached conversion of this exact model.keras that passed parity."""
@@ -271,6 +283,8 @@ class Predictor:
         if runtime is not None:
             features, logits, stats = self._openvino_outputs(runtime, paths, batch_size)
         else:  # the unknown score needs the pooled features, which only the Keras model gives
+            if self._runtime is None:
+                self._runtime = KerasRuntime(self.trained.model)
             features, logits = self.trained.predict_features(paths, batch_size or 32)
             seconds = time.perf_counter() - started
             stats = {"images": len(paths), "seconds": seconds, "batch_size": batch_size or 32, "runtime": "keras",
@@ -281,7 +295,8 @@ class Predictor:
         probabilities[np.isnan(logits).any(axis=1)] = np.nan
         scores = trained.unknown_scores(features, logits)
         if threshold is None:
-            threshold = trained.unknown_threshold(accept_rate)
+            precision = runtime.forward.precision if runtime is not None else "f32"
+            threshold = trained.unknown_threshold(accept_rate, precision)
         return probabilities, scores, float(threshold)
 
     def _openvino_outputs(self, runtime: OpenVINORuntime, paths: Sequence[str], batch_size: int | None):

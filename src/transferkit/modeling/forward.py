@@ -46,6 +46,13 @@ def openvino_available() -> bool:
     return True
 
 
+def cpu_has_bf16() -> bool:
+    """Whether OpenVINO runs bf16 natively on this CPU (AVX512-BF16 or AMX); elsewhere bf16 buys nothing."""
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
 def check_compute(compute) -> str:
     if compute not in COMPUTE:
         raise ConfigError(f"compute must be one of {', '.join(COMPUTE)}, got {compute!r}.")

@@ -25,6 +25,9 @@ from transferkit.runs import folder as rundir
 logger = logging.getLogger("transferkit")
 
 RUN_FORMAT, RUN_FORMAT_VERSION = "transferkit-run", 1
+# Prediction runs in bf16 (about twice as fast where the CPU has it) only where the run's validation
+# images kept at least this share of their f32 top-1 labels.
+BF16_MIN_AGREEMENT = 0.99
 
 
 @dataclass
@@ -96,13 +99,24 @@ class TrainedModel:
         """(pooled features (n, d), logits (n, c)) for image files; rows of unreadable files are NaN."""
         return self.predict_outputs(paths, batch_size)[1:]
 
-    def forward(self, sample_images, compute: str | None = None):
-        """Image -> (probabilities, pooled features, penultimate), on the fastest runtime that agrees with Keras."""
+    def forward(self, sample_images, compute: str | None = None, images: int = 0, precision: str = "f32"):
+        """Image -> (probabilities, pooled features, penultimate), on the fastest runtime that agrees with Keras
+        (for a pass over `images` images: 'auto' converts only where that pays, `modeling.forward`).
+        `precision="bf16"` runs an OpenVINO conversion made before at bf16 (None when there is none)."""
         from transferkit.modeling.classifier import inference_model
-        from transferkit.modeling.forward import fast_forward
+        from transferkit.modeling.forward import OpenVINOForward, compute_for, fast_forward
 
+        if precision != "f32":
+            base = self.openvino_forward()
+            if base is None:
+                return None
+            if (base, precision) not in self.__dict__.setdefault("_precisions", {}):
+                self._precisions[(base, precision)] = OpenVINOForward(base.xml_path, precision)
+            return self._precisions[(base, precision)]
         compute = compute or self.params.get("compute", "auto")
         cached = self.__dict__.setdefault("_forwards", {})
+        if compute not in cached:  # a conversion made earlier serves any later pass
+            compute = compute_for(compute, images)
         if compute not in cached:
             import tempfile
 
@@ -111,8 +125,15 @@ class TrainedModel:
                                            folder=Path(folder.name) / compute)
         return cached[compute]
 
+    def openvino_forward(self):
+        """The OpenVINO conversion made for this model's own passes, or None."""
+        forward = self.__dict__.get("_forwards", {}).get(self.params.get("compute", "auto"))
+        if forward is None or forward.runtime != "openvino" or not getattr(forward, "xml_path", Path()).is_file():
+            return None
+        return forward
+
     def predict_outputs(self, paths: Sequence[str], batch_size: int = 32, verbose: bool = False,
-                        compute: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                        compute: str | None = None, precision: str = "f32") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(uncalibrated probabilities, pooled features, logits) of image files in one pass; NaN rows where unreadable."""
         from transferkit.modeling.classifier import head_layers
         from transferkit.modeling.openset import to_class_probabilities, two_class_logits
@@ -144,7 +165,7 @@ class TrainedModel:
         with progress_bar(n, "Predicting", enabled=verbose and n > 64) as advance:
             stream = batches()
             first = next(stream)
-            self.forward(first[0], compute).map(itertools.chain([first], stream), store)
+            self.forward(first[0], compute, n, precision).map(itertools.chain([first], stream), store)
         return probabilities, features, logits
 
     def unknown_scores(self, features, logits, method: str | None = None) -> np.ndarray:
@@ -163,13 +184,20 @@ class TrainedModel:
             return openset.energy_score(logits, temperature)
         return openset.msp_score(openset.softmax(openset.two_class_logits(logits) / temperature))
 
-    def unknown_threshold(self, accept_rate: float | None = None) -> float:
-        """The score threshold: the stored one, or the one accepting `accept_rate` of validation images."""
+    def unknown_threshold(self, accept_rate: float | None = None, precision: str = "f32") -> float:
+        """The score threshold: the stored one, or the one accepting `accept_rate` of validation images
+        (as scored at `precision`, when the run measured that one too)."""
         from transferkit.modeling.openset import threshold_for
 
+        prefix = "bf16_" if precision == "bf16" and "bf16_threshold" in self.ood else ""
         if accept_rate is None:
-            return float(self.ood["threshold"])
-        return threshold_for(self.ood["val_scores"], accept_rate)
+            return float(self.ood[prefix + "threshold"])
+        return threshold_for(self.ood[prefix + "val_scores"], accept_rate)
+
+    @property
+    def bf16_agrees(self) -> bool:
+        """Whether bf16 OpenVINO passes gave the validation images' f32 top-1 (`analysis.ood`)."""
+        return bool(self.ood) and self.ood.get("bf16_top1_agreement", 0.0) >= BF16_MIN_AGREEMENT
 
     # -- the run folder -----------------------------------------------------------------
 
@@ -221,8 +249,8 @@ class TrainedModel:
 
         from transferkit.modeling.classifier import head_layers
 
-        forward = self.__dict__.get("_forwards", {}).get(self.params.get("compute", "auto"))
-        if forward is None or forward.runtime != "openvino" or not getattr(forward, "xml_path", Path()).is_file():
+        forward = self.openvino_forward()
+        if forward is None:
             return
         kernel, bias = head_layers(self.model)[-1].get_weights()
         target = run_dir / rundir.OPENVINO_DIR
