@@ -99,3 +99,15 @@ def test_a_copy_of_another_model_is_ignored(openvino_run, synthetic_dir, tmp_pat
     assert predictor.predict([synthetic_dir]) and predictor.runtime != "openvino"
     with pytest.raises(ConfigError, match="has no OpenVINO copy"):
         Predictor(run, runtime="openvino").predict([synthetic_dir])
+
+
+def test_bf16_is_measured_on_validation_and_has_its_own_threshold(openvino_run, synthetic_dir):
+    from transferkit.deploy.predictor import Predictor
+    from transferkit.errors import ConfigError
+
+    ood = json.loads((openvino_run / "ood.json").read_text())
+    assert 0.0 <= ood["bf16_top1_agreement"] <= 1.0 and "bf16_threshold" in ood
+    predictor = Predictor(openvino_run, precision="bf16")
+    assert predictor.predict([synthetic_dir]) and predictor.runtime_description.endswith("bf16")
+    with pytest.raises(ConfigError, match="precision must be one of auto, f32, bf16, got 'fp8'"):
+        Predictor(openvino_run, precision="fp8")

@@ -23,6 +23,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         if image.mode != "F" and array.max() > 255:
             array = array / 257.0  # 16-bit range onto 8-bit
         image = Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
+    if image.mode in ("RGBA", "LA") and image.getchannel("A").getextrema() == (255, 255):
+        return image.convert("RGB")  # opaque: compositing would change nothing
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
