@@ -234,10 +234,7 @@ class Predictor:
         """
         from transferkit.modeling import openset
 
-        if accept_rate is not None:
-            check_accept_rate(accept_rate)
-        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
-            raise ConfigError(f"threshold must be a number (an unknown score), got {threshold!r}.")
+        check_rejection(accept_rate, threshold)
         paths = [str(p) for p in paths]
         if not self.can_reject:
             return self.predict_proba(paths, batch_size), None, None
@@ -249,21 +246,15 @@ class Predictor:
                 threshold = (openset.threshold_for(unknown["val_scores"], accept_rate) if accept_rate is not None
                              else float(unknown["threshold"]))
             return probabilities, scores, float(threshold)
-        trained = self.trained
         if self._runtime is None:  # the unknown score needs the Keras model's pooled features
-            self._runtime = KerasRuntime(trained.model)
+            self._runtime = KerasRuntime(self.trained.model)
         started = time.perf_counter()
-        features, logits = trained.predict_features(paths, batch_size or 32)
-        probabilities = openset.softmax(openset.two_class_logits(logits) / (trained.temperature or 1.0))
-        probabilities[np.isnan(logits).any(axis=1)] = np.nan
-        scores = trained.unknown_scores(features, logits)
+        result = scores_of_trained(self.trained, paths, batch_size, accept_rate=accept_rate, threshold=threshold)
         seconds = time.perf_counter() - started
         self.last_stats = {"images": len(paths), "seconds": seconds, "batch_size": batch_size or 32,
                            "images_per_second": len(paths) / seconds if seconds > 0 and paths else None,
                            "description": "Keras, with pooled features for the unknown score", "runtime": "keras"}
-        if threshold is None:
-            threshold = trained.unknown_threshold(accept_rate)
-        return probabilities, scores, float(threshold)
+        return result
 
     def predict(self, inputs, top_k: int = 1, batch_size: int | None = None, *, reject: bool = True,
                 accept_rate: float | None = None, threshold: float | None = None) -> list:
@@ -283,6 +274,27 @@ class Predictor:
         probabilities, scores, limit = self.predict_with_scores(paths, batch_size, accept_rate=accept_rate,
                                                                 threshold=threshold)
         return rank(paths, probabilities, self.classes, top_k, scores, limit)
+
+
+def check_rejection(accept_rate: float | None, threshold: float | None) -> None:
+    if accept_rate is not None:
+        check_accept_rate(accept_rate)
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
+        raise ConfigError(f"threshold must be a number (an unknown score), got {threshold!r}.")
+
+
+def scores_of_trained(trained: TrainedModel, paths: Sequence[str], batch_size: int | None = None, *,
+                      accept_rate: float | None = None, threshold: float | None = None):
+    """(calibrated probabilities, unknown scores, threshold) of a `TrainedModel` with an unknown detector:
+    one Keras pass gives the pooled features for the score and the logits for the probabilities."""
+    from transferkit.modeling import openset
+
+    check_rejection(accept_rate, threshold)
+    features, logits = trained.predict_features([str(p) for p in paths], batch_size or 32)
+    probabilities = openset.softmax(openset.two_class_logits(logits) / (trained.temperature or 1.0))
+    probabilities[np.isnan(logits).any(axis=1)] = np.nan
+    scores = trained.unknown_scores(features, logits)
+    return probabilities, scores, float(trained.unknown_threshold(accept_rate) if threshold is None else threshold)
 
 
 def rank(paths: Sequence[str], probabilities: np.ndarray, classes: Sequence[str], top_k: int,
