@@ -13,7 +13,8 @@ process, one after the other:
 - update: all classes, `--from` the parent (the class added: scissors);
 - scratch: all classes, from ImageNet weights.
 
-Seconds are each process's whole wall time (start-up, scan, caching, both stages, the
+`--repeat N` runs update and scratch N times, alternately, with seeds 42, 43, ... (split
+folders are fixed, so the seed moves initialisation, augmentation and batch order). Seconds are each process's whole wall time (start-up, scan, caching, both stages, the
 calibration pass, saving); the comparison the issue asks about is update vs scratch.
 `--child-args` runs more update variants (e.g. "--fine-tune-epochs 0").
 """
@@ -79,6 +80,8 @@ def main() -> None:
     parser.add_argument("--added", default="scissors", help="the class the update adds")
     parser.add_argument("--work", type=Path, default=Path("/tmp/transferkit-update-bench"))
     parser.add_argument("--child-args", action="append", default=[], help="extra update variant (CLI options)")
+    parser.add_argument("--repeat", type=int, default=1, help="run update and scratch this many times, alternately "
+                        "(the machine's load moves the seconds)")
     args = parser.parse_args()
     classes = sorted(d.name for d in args.data.iterdir() if d.is_dir())
     shutil.rmtree(args.work, ignore_errors=True)
@@ -87,14 +90,20 @@ def main() -> None:
     size = ["--image-size", str(args.image_size)]
     runs = args.work / "runs"
     rows = [train("parent", old, runs / "parent", size)]
-    for i, extra in enumerate([""] + args.child_args):
-        rows.append(train(f"update{i or ''} {extra}".strip(), full, runs / f"update{i}",
-                          ["--from", str(runs / "parent"), *shlex.split(extra)]))
-    rows.append(train("scratch", full, runs / "scratch", size))
+    for repeat in range(args.repeat):
+        seed = ["--seed", str(42 + repeat)]
+        for i, extra in enumerate([""] + args.child_args):
+            rows.append(train(f"update{i or ''} {extra}".strip() + f" seed {seed[1]}", full, runs / f"update{i}-{repeat}",
+                              ["--from", str(runs / "parent"), *seed, *shlex.split(extra)]))
+        rows.append(train(f"scratch seed {seed[1]}", full, runs / f"scratch-{repeat}", [*size, *seed]))
     print(f"\n{'run':28} {'classes':>7} {'train':>6} {'test acc':>9} {'val acc':>8} {'seconds':>8}")
     for r in rows:
         print(f"{r['run']:28} {len(r['classes']):7d} {r['train_images']:6d} {r['test_accuracy']:9.4f} "
               f"{r['val_accuracy']:8.4f} {r['process_seconds']:8.1f}")
+    for kind in ("update", "scratch"):
+        picked = [r for r in rows if r["run"].startswith(kind + " seed")]
+        print(f"{kind}: mean test accuracy {sum(r['test_accuracy'] for r in picked) / len(picked):.4f}, "
+              f"mean seconds {sum(r['process_seconds'] for r in picked) / len(picked):.1f} over {len(picked)} run(s)")
     (args.work / "results.json").write_text(json.dumps(rows, indent=2))
 
 

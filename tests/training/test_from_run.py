@@ -33,6 +33,16 @@ def test_a_third_class_keeps_the_sigmoid_head_s_probabilities(small_run):
     np.testing.assert_allclose(new[:, 2] / (new[:, 0] + new[:, 2]), old, atol=1e-5)
 
 
+def test_a_cache_of_the_parent_s_backbone_is_not_one_of_the_fresh_backbone(small_run, synthetic_dir, tmp_path):
+    _, run_dir = small_run
+    cache = {**SMALL, "cache_dir": str(tmp_path / "cache")}
+    ImageClassifier(**cache).fit(synthetic_dir)  # caches the (random) weights the parent started from
+    child = ImageClassifier(**cache, from_run=run_dir).fit(synthetic_dir)
+    assert child.backbone_images_processed_ > 0  # its fine-tuned backbone: computed, not reused
+    again = ImageClassifier(**cache, from_run=run_dir).fit(synthetic_dir)
+    assert again.backbone_images_processed_ == 0  # the same parent: reused
+
+
 # -- bad input: a clear message before any training ----------------------------------------------------
 
 
@@ -63,7 +73,7 @@ def test_from_with_a_class_missing(small_run, tmp_path):
 
 # -- real images: continue with more images, add a class -----------------------------------------------
 
-UPDATE = {**TINY_RUN, "image_size": 128}
+UPDATE = {**TINY_RUN, "image_size": 128, "epochs": None}  # head epochs: automatic, nearly free on the cache
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +91,7 @@ def test_same_classes_with_more_images_continue(rps_parent, rps_tiny, tmp_path):
     data = tmp_path / "data"
     for name in ("paper", "rock"):
         shutil.copytree(rps_tiny / name, data / name)
-    child = ImageClassifier(**{**TINY_RUN, "fine_tune_epochs": 1}, from_run=rps_parent).fit(data, out=tmp_path / "child")
+    child = ImageClassifier(**{**TINY_RUN, "epochs": None}, from_run=rps_parent).fit(data, out=tmp_path / "child")
     assert child.results_["val_accuracy"] > 0.5
     config = json.loads((tmp_path / "child" / "config.json").read_text())
     assert config["parent"]["run_dir"] == str(rps_parent.resolve())
@@ -93,7 +103,7 @@ def test_same_classes_with_more_images_continue(rps_parent, rps_tiny, tmp_path):
 
 @requires_shared
 def test_adding_a_class_grows_the_head(rps_parent, rps_tiny, tmp_path):
-    child = ImageClassifier(**TINY_RUN, from_run=rps_parent).fit(rps_tiny, out=tmp_path / "child")
+    child = ImageClassifier(**{**TINY_RUN, "epochs": None}, from_run=rps_parent).fit(rps_tiny, out=tmp_path / "child")
     assert child.model_.output_shape == (None, 3) and child.classes_ == ["paper", "rock", "scissors"]
     # The old classes, on images neither run trained on (another draw from the same hands).
     for name in ("paper", "rock"):

@@ -192,7 +192,7 @@ def _cached_inputs(model, resolved: ResolvedSettings, splits: dict, data_dir: Pa
         "cut": base.operations[cut].name if cut is not None else None, "seed": s.seed,
     }
     cache_dir = writable_or_none(Path(s.cache_dir)) if s.cache_dir else None
-    plan.cached_views = s.cached_views or schedules.auto_views(len(splits[data.TRAIN]))
+    plan.cached_views = s.cached_views or schedules.auto_views(len(splits[data.TRAIN]), update=s.from_run is not None)
     arrays = []
     for files, views in ((splits[data.TRAIN], plan.cached_views), (splits[data.VALIDATION], 1)):
         key = cache.cache_key(files, data_dir, {**key_settings, "views": views}) if cache_dir else None

@@ -12,9 +12,11 @@ import numpy as np
 HEAD_MIN_STEPS, HEAD_EPOCH_RANGE = 300, (10, 50)
 FINE_TUNE_MIN_STEPS, FINE_TUNE_EPOCH_RANGE = 100, (2, 15)
 # A run started from a trained one (`--from`) starts close to its optimum: a third of the head's
-# steps and half of fine-tuning's (BENCHMARKS.md, "Updating a model").
+# steps, half of fine-tuning's, and one (un-augmented) cached view, since the parent has seen
+# augmented views already; halving the backbone passes (BENCHMARKS.md, "Updating a model").
 UPDATE_HEAD_MIN_STEPS, UPDATE_HEAD_EPOCH_RANGE = 100, (5, 20)
 UPDATE_FINE_TUNE_MIN_STEPS, UPDATE_FINE_TUNE_EPOCH_RANGE = 50, (1, 8)
+UPDATE_VIEWS = 1
 
 
 def stage_epochs(num_train: int, batch_size: int, update: bool) -> tuple[int, int]:
@@ -54,8 +56,11 @@ def balanced_class_weights(counts: dict[str, int], mode: str) -> dict[int, float
 MIN_AUGMENTED_SAMPLES, VIEW_RANGE = 2000, (2, 8)
 
 
-def auto_views(num_train: int) -> int:
-    """Enough views for about `MIN_AUGMENTED_SAMPLES` cached samples, within `VIEW_RANGE`."""
+def auto_views(num_train: int, update: bool = False) -> int:
+    """Enough views for about `MIN_AUGMENTED_SAMPLES` cached samples, within `VIEW_RANGE`; `UPDATE_VIEWS` for
+    a run that starts from a trained one."""
+    if update:
+        return UPDATE_VIEWS
     return _clamp(round(MIN_AUGMENTED_SAMPLES / max(1, num_train)), VIEW_RANGE)
 
 
