@@ -71,6 +71,14 @@ def test_from_with_a_class_missing(small_run, tmp_path):
     assert not (tmp_path / "child").exists()
 
 
+def test_from_a_run_into_itself(small_run, synthetic_dir):
+    _, run_dir = small_run
+    before = (run_dir / "model.keras").stat().st_mtime_ns
+    with pytest.raises(ConfigError, match="is the --from run itself"):
+        ImageClassifier(**SMALL, from_run=run_dir).fit(synthetic_dir, out=run_dir, overwrite=True)
+    assert (run_dir / "model.keras").stat().st_mtime_ns == before
+
+
 # -- real images: continue with more images, add a class -----------------------------------------------
 
 UPDATE = {**TINY_RUN, "image_size": 128, "epochs": None}  # head epochs: automatic, nearly free on the cache

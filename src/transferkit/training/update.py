@@ -78,6 +78,13 @@ def resolve(settings: Settings) -> tuple[ResolvedSettings, Parent | None]:
     return inherit(settings, parent).resolve(), parent
 
 
+def check_output(parent: Parent | None, out_dir) -> None:
+    """A run cannot be written over the run it starts from."""
+    if parent is not None and out_dir is not None and Path(out_dir).resolve() == Path(parent.trained.run_dir).resolve():
+        raise ConfigError(f"--out {out_dir} is the --from run itself: write the new run to another folder, "
+                          "so the parent stays as it was.")
+
+
 def check_classes(parent: Parent, classes: list[str]) -> list[str]:
     """The classes the new data adds; an error naming any class of the parent's the data lacks."""
     missing = [name for name in parent.trained.classes if name not in classes]
