@@ -31,6 +31,8 @@ def test_a_third_class_keeps_the_sigmoid_head_s_probabilities(small_run):
     assert new.shape == (6, 3)
     # Renormalised over the old classes, the softmax rows [-w/2, +w/2] give the sigmoid's probabilities.
     np.testing.assert_allclose(new[:, 2] / (new[:, 0] + new[:, 2]), old, atol=1e-5)
+    same = update.build_from(parent, resolved, ["circle", "square"])  # same classes: the parent's model as it was
+    np.testing.assert_allclose(np.asarray(same.predict_on_batch(images)).reshape(-1), old, atol=1e-6)
 
 
 def test_a_cache_of_the_parent_s_backbone_is_not_one_of_the_fresh_backbone(small_run, synthetic_dir, tmp_path):
