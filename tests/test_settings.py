@@ -80,7 +80,7 @@ def test_every_cli_setting_is_a_train_option_with_its_help():
     text = " ".join(result.output.split())
     for f in Settings.fields():
         if f.metadata["cli"]:
-            flag = {"cache": "--cache", "write_report": "--report"}.get(f.name, "--" + f.name.replace("_", "-"))
+            flag = {"cache": "--cache", "write_report": "--report", "from_run": "--from"}.get(f.name, "--" + f.name.replace("_", "-"))
             assert flag in result.output, flag
             assert f.metadata["help"].split()[0] in text, f.name
 

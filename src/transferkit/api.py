@@ -19,14 +19,14 @@ import numpy as np
 
 from transferkit import data
 from transferkit.data import sources
-from transferkit.deploy.predictor import Prediction, rank
+from transferkit.deploy.predictor import Prediction, rank, scores_of_trained
 from transferkit.run_logging import log_figures, run_loggers
 from transferkit.errors import ConfigError, RunDirError
 from transferkit.runs import folder as rundir
 from transferkit.runs.lock import run_folder_lock
 from transferkit.runs.trained import TrainedModel
 from transferkit.settings import Settings, check_positive_int
-from transferkit.training import pipeline
+from transferkit.training import pipeline, update
 from transferkit.training.callbacks import STATE_FILE
 
 __all__ = ["ImageClassifier", "Prediction"]
@@ -97,7 +97,8 @@ class ImageClassifier:
         from transferkit.analysis.ood import fit_open_set
 
         started = time.perf_counter()
-        resolved = self.settings().resolve()
+        resolved, parent = update.resolve(self.settings())
+        update.check_output(parent, out)
         source = str(data_dir)
         data_dir = self._local(data_dir, tfds_data_dir)
         pipeline.check_folders(data_dir, val_dir)
@@ -109,7 +110,7 @@ class ImageClassifier:
             board, tracker = run_loggers(self.settings(), out_dir, mlflow_uri, source)
             loggers = tuple(x for x in (board, tracker) if x is not None)
             try:
-                trained, plan = pipeline.train(resolved, data_dir, val_dir, out_dir, _resume, loggers, started)
+                trained, plan = pipeline.train(resolved, data_dir, val_dir, out_dir, _resume, loggers, parent, started)
             except BaseException:
                 if tracker is not None:
                     tracker.finish(None, {}, status="FAILED")
@@ -148,10 +149,8 @@ class ImageClassifier:
 
     @classmethod
     def resume(cls, run_dir, verbose: int = 1) -> "ImageClassifier":
-        """Continue a run that was killed or interrupted, from its last completed epoch.
-
-        Settings and data folders are those the run started with (from its checkpoint).
-        """
+        """Continue a killed or interrupted run from its last completed epoch, with the settings and data
+        folders it started with (from its checkpoint)."""
         checkpoint = Path(run_dir) / rundir.CHECKPOINT_DIR
         if not (checkpoint / pipeline.PARAMS_FILE).is_file() or not (checkpoint / STATE_FILE).is_file():
             raise RunDirError(
@@ -171,22 +170,22 @@ class ImageClassifier:
         return self.trained_
 
     def predict_proba(self, paths: Sequence[str], batch_size: int | None = None) -> np.ndarray:
-        """(n, n_classes) probabilities for image files, in the given order.
-
-        Rows of files that cannot be decoded are NaN (and a warning names the file).
-        """
+        """(n, n_classes) probabilities for image files, in order; rows of undecodable files are NaN (with a warning)."""
         check_positive_int("batch_size", batch_size)
         return self._trained().predict_proba(paths, batch_size or self.batch_size, verbose=bool(self.verbose))
 
-    def predict(self, inputs, top_k: int = 1, batch_size: int | None = None) -> list[Prediction]:
-        """Label and confidence for each image; folders are searched recursively.
-
-        Non-image and unreadable files are skipped with a warning.
-        """
+    def predict(self, inputs, top_k: int = 1, batch_size: int | None = None, *, reject: bool = True,
+                accept_rate: float | None = None, threshold: float | None = None) -> list[Prediction]:
+        """Label and confidence for each image (folders searched recursively, unreadable files skipped with a
+        warning), and, with `reject` and an unknown detector, `unknown`/`score` as `Predictor.predict` gives them."""
         trained = self._trained()
         check_positive_int("top_k", top_k, allow_none=False)
         paths = data.expand_image_paths(inputs)
-        return rank(paths, self.predict_proba(paths, batch_size), trained.classes, top_k)
+        if not reject or trained.ood is None:
+            return rank(paths, self.predict_proba(paths, batch_size), trained.classes, top_k)
+        probabilities, scores, limit = scores_of_trained(trained, paths, batch_size or self.batch_size,
+                                                         accept_rate=accept_rate, threshold=threshold)
+        return rank(paths, probabilities, trained.classes, top_k, scores, limit)
 
     def evaluate(self, data_dir=None, batch_size: int | None = None, *, out=None, allow_class_subset: bool = False,
                  run_dir=None, split: str = "validation", tfds_data_dir=None) -> dict:

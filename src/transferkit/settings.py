@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -188,6 +189,10 @@ class Settings:
     compute: str = setting(
         "auto", "Runtime of the backbone's forward passes: 'auto' (OpenVINO where installed and agreeing with "
         "Keras, else TensorFlow), 'openvino', 'tensorflow'.", TRAIN, OneOf(COMPUTE))
+    from_run: str | None = setting(
+        None, "Start from this trained run folder (its weights, backbone and size) instead of ImageNet weights: "
+        "the same classes with more images, or new class folders added.", TRAIN,
+        InstanceOf((str, os.PathLike), "a run folder path"))
     write_report: bool = setting(True, "Write report.html into the run folder.", OUTPUT, BOOL)
     seed: int = setting(42, "Seed for the split, augmentation and initialisation.", DATA, Interval(int))
     verbose: int = setting(1, "0: silent; 1: progress bars and a summary.", OUTPUT, Interval(int, 0), cli=False)
@@ -245,6 +250,7 @@ class Settings:
         if isinstance(self.augment, Augmentation):
             params["augment"] = dataclasses.asdict(self.augment)
         params["hidden_units"] = list(self.hidden_units)
+        params["from_run"] = None if self.from_run is None else str(self.from_run)
         return params
 
     @classmethod

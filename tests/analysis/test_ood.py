@@ -43,3 +43,15 @@ def test_predict_cli_shows_unknown(rps_run, alpaca_photos):
     assert all(r["unknown"] is None for r in json.loads(result.stdout))
     bad = subprocess.run(command + ["--accept-rate", "1.5"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "accept_rate" in bad.stderr + bad.stdout
+
+
+def test_image_classifier_predict_carries_unknown_and_score(rps_run, alpaca_photos):
+    from transferkit.deploy.predictor import Predictor
+
+    classifier, run_dir = rps_run
+    mine = classifier.predict(alpaca_photos[:6])
+    theirs = Predictor(run_dir).predict(alpaca_photos[:6])
+    assert [(p.label, p.unknown) for p in mine] == [(p.label, p.unknown) for p in theirs]
+    assert any(p.unknown for p in mine)
+    np.testing.assert_allclose([p.score for p in mine], [p.score for p in theirs], atol=1e-5)
+    assert all(p.unknown is None and p.score is None for p in classifier.predict(alpaca_photos[:2], reject=False))

@@ -50,5 +50,5 @@ def runs(
     for r in rows:
         table.add_row(r["name"], str(r["created"] or ""), str(r["source"] or ""), r["fingerprint"], str(r["backbone"]),
                       str(r["image_size"]), str(r["images"]), pct(r["val_accuracy"]), pct(r["test_accuracy"]),
-                      "" if r["seconds"] is None else f"{r['seconds']:.0f}", str(r["parent"] or ""))
+                      "" if r["seconds"] is None else f"{r['seconds']:.0f}", Path(r["parent"]).name if r["parent"] else "")
     out.print(table if rows else f"No run folders under {runs_dir}.")

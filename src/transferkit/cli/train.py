@@ -51,6 +51,10 @@ def train(
     if resume:
         if out_dir is None:
             raise ConfigError("--resume needs --out: the run folder to continue.")
+        if settings.get("from_run") is not None:
+            raise ConfigError(f"--from {settings['from_run']} cannot be combined with --resume: a resumed run "
+                              "continues with the settings it started with (including its own --from, if any). "
+                              "Drop --from to resume, or drop --resume to start a new run from that run.")
         classifier = ImageClassifier.resume(out_dir, verbose=verbose)
     else:
         if settings.get("time_budget") is not None:  # the budget counts from the command's start

@@ -262,10 +262,7 @@ class Predictor:
         """
         from transferkit.modeling import openset
 
-        if accept_rate is not None:
-            check_accept_rate(accept_rate)
-        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
-            raise ConfigError(f"threshold must be a number (an unknown score), got {threshold!r}.")
+        check_rejection(accept_rate, threshold)
         paths = [str(p) for p in paths]
         if not self.can_reject:
             return self.predict_proba(paths, batch_size), None, None
@@ -277,27 +274,19 @@ class Predictor:
                 threshold = (openset.threshold_for(unknown["val_scores"], accept_rate) if accept_rate is not None
                              else float(unknown["threshold"]))
             return probabilities, scores, float(threshold)
-        trained = self._meta
         started = time.perf_counter()
         runtime = self._openvino_runtime()
-        if runtime is not None:
-            features, logits, stats = self._openvino_outputs(runtime, paths, batch_size)
-        else:  # the unknown score needs the pooled features, which only the Keras model gives
+        if runtime is None:  # the unknown score needs the Keras model's pooled features
             if self._runtime is None:
                 self._runtime = KerasRuntime(self.trained.model)
-            features, logits = self.trained.predict_features(paths, batch_size or 32)
+            result = scores_of_trained(self.trained, paths, batch_size, accept_rate=accept_rate, threshold=threshold)
             seconds = time.perf_counter() - started
-            stats = {"images": len(paths), "seconds": seconds, "batch_size": batch_size or 32, "runtime": "keras",
-                     "images_per_second": len(paths) / seconds if seconds > 0 and paths else None,
-                     "description": "Keras, with pooled features for the unknown score"}
-        self.last_stats = stats
-        probabilities = openset.softmax(openset.two_class_logits(logits) / (trained.temperature or 1.0))
-        probabilities[np.isnan(logits).any(axis=1)] = np.nan
-        scores = trained.unknown_scores(features, logits)
-        if threshold is None:
-            precision = runtime.forward.precision if runtime is not None else "f32"
-            threshold = trained.unknown_threshold(accept_rate, precision)
-        return probabilities, scores, float(threshold)
+            self.last_stats = {"images": len(paths), "seconds": seconds, "batch_size": batch_size or 32,
+                               "images_per_second": len(paths) / seconds if seconds > 0 and paths else None,
+                               "description": "Keras, with pooled features for the unknown score", "runtime": "keras"}
+            return result
+        features, logits, self.last_stats = self._openvino_outputs(runtime, paths, batch_size)
+        return score_outputs(self._meta, features, logits, accept_rate, threshold, runtime.forward.precision)
 
     def _openvino_outputs(self, runtime: OpenVINORuntime, paths: Sequence[str], batch_size: int | None):
         """(pooled features, logits, stats) of the OpenVINO copy, NaN rows for unreadable files."""
@@ -331,6 +320,36 @@ class Predictor:
         probabilities, scores, limit = self.predict_with_scores(paths, batch_size, accept_rate=accept_rate,
                                                                 threshold=threshold)
         return rank(paths, probabilities, self.classes, top_k, scores, limit)
+
+
+def check_rejection(accept_rate: float | None, threshold: float | None) -> None:
+    if accept_rate is not None:
+        check_accept_rate(accept_rate)
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))):
+        raise ConfigError(f"threshold must be a number (an unknown score), got {threshold!r}.")
+
+
+def scores_of_trained(trained: TrainedModel, paths: Sequence[str], batch_size: int | None = None, *,
+                      accept_rate: float | None = None, threshold: float | None = None):
+    """(calibrated probabilities, unknown scores, threshold) of a `TrainedModel` with an unknown detector:
+    one Keras pass gives the pooled features for the score and the logits for the probabilities."""
+    check_rejection(accept_rate, threshold)
+    features, logits = trained.predict_features([str(p) for p in paths], batch_size or 32)
+    return score_outputs(trained, features, logits, accept_rate, threshold)
+
+
+def score_outputs(trained: TrainedModel, features, logits, accept_rate: float | None, threshold: float | None,
+                  precision: str = "f32"):
+    """(calibrated probabilities, unknown scores, threshold) from pooled features and logits (NaN rows stay NaN);
+    the threshold is the run's for the precision the features were computed at, unless given."""
+    from transferkit.modeling import openset
+
+    probabilities = openset.softmax(openset.two_class_logits(logits) / (trained.temperature or 1.0))
+    probabilities[np.isnan(logits).any(axis=1)] = np.nan
+    scores = trained.unknown_scores(features, logits)
+    if threshold is None:
+        threshold = trained.unknown_threshold(accept_rate, precision)
+    return probabilities, scores, float(threshold)
 
 
 def rank(paths: Sequence[str], probabilities: np.ndarray, classes: Sequence[str], top_k: int,

@@ -49,9 +49,10 @@ def build_classifier(
     dropout: float = 0.2,
     hidden_units: Sequence[int] = (),
     seed: int | None = None,
+    base: keras.Model | None = None,
 ) -> keras.Model:
-    """Stage-1 model: frozen backbone, fresh head."""
-    base = build_backbone(backbone, image_size, weights, weights_dir)
+    """Stage-1 model: frozen backbone (`base`: an already trained one, else loaded with `weights`), fresh head."""
+    base = base if base is not None else build_backbone(backbone, image_size, weights, weights_dir)
     base.trainable = False
 
     inputs = keras.Input((image_size, image_size, 3), name="image")
@@ -189,3 +190,31 @@ def inference_model(model: keras.Model) -> keras.Model:
     for layer in hidden:
         x = layer(x)
     return keras.Model(images, [final(x), pooled, x], name="inference")
+
+
+def carry_over_head(source: keras.Model, source_classes: Sequence[str], target: keras.Model,
+                    target_classes: Sequence[str]) -> list[str]:
+    """Copy `source`'s hidden layers and each of its classes' row of the final Dense layer into `target`.
+
+    `target_classes` must include `source_classes`; the rows of the others keep their fresh
+    Keras initialisation. A two-class sigmoid unit (logit z for class 1) becomes the softmax rows
+    [-z/2, +z/2], which give the same probabilities. Returns the classes `target` adds.
+    """
+    import numpy as np
+
+    source_head, target_head = head_layers(source), head_layers(target)
+    for old, new in zip(source_head[:-1], target_head[:-1]):
+        new.set_weights(old.get_weights())
+    kernel, bias = (np.asarray(w) for w in source_head[-1].get_weights())
+    new_kernel, new_bias = (np.array(w) for w in target_head[-1].get_weights())
+    if new_kernel.shape[1] == 1:  # two classes, as before: the sigmoid unit as it was
+        target_head[-1].set_weights([kernel, bias])
+        return []
+    if kernel.shape[1] == 1:
+        kernel, bias = np.concatenate([-kernel / 2, kernel / 2], axis=1), np.concatenate([-bias / 2, bias / 2])
+    for column, name in enumerate(target_classes):
+        if name in source_classes:
+            new_kernel[:, column] = kernel[:, list(source_classes).index(name)]
+            new_bias[column] = bias[list(source_classes).index(name)]
+    target_head[-1].set_weights([new_kernel, new_bias])
+    return [name for name in target_classes if name not in source_classes]

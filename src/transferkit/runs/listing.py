@@ -21,13 +21,14 @@ METRICS = ("train_images", "val_images", "test_images", "val_accuracy_stage1", "
 
 def _row(run_dir: Path, config: dict) -> dict:
     data, results, params = config.get("data", {}), config.get("results", {}), config.get("params", {})
+    parent = config.get("parent") or results.get("parent_run")
     images = sum(int(data.get(k) or 0) for k in ("train_images", "val_images", "test_images"))
     return {
         "name": run_dir.name, "path": str(run_dir), "created": config.get("created"),
         "source": data.get("source") or data.get("data_dir"), "fingerprint": (data.get("fingerprint") or "")[:12],
         "backbone": params.get("backbone"), "image_size": config.get("resolved", {}).get("image_size"),
         "images": images, "val_accuracy": results.get("val_accuracy"), "test_accuracy": results.get("test_accuracy"),
-        "seconds": results.get("seconds"), "parent": config.get("parent") or results.get("parent_run"),
+        "seconds": results.get("seconds"), "parent": parent.get("run_dir") if isinstance(parent, dict) else parent,
     }
 
 

@@ -51,6 +51,8 @@ class TrainedModel:
     calibration: dict | None = None
     # ood.json + ood.npz: {"method", "threshold", "accept_rate", ..., arrays}; None for runs without one
     ood: dict | None = None
+    # {"run_dir", "model_sha256", "classes"} of the run this one started from (`--from`); None otherwise
+    parent: dict | None = None
 
     @property
     def fine_tune_start_epoch(self) -> int | None:
@@ -211,6 +213,7 @@ class TrainedModel:
             "data": self.data_summary,
             "results": self.results,
             "versions": rundir.package_versions(),
+            **({"parent": self.parent} if self.parent else {}),
         }
 
     def write_config(self, run_dir=None) -> None:
@@ -299,4 +302,5 @@ class TrainedModel:
             run_dir=run_dir,
             calibration=rundir.read_calibration(run_dir),
             ood=rundir.read_ood(run_dir),
+            parent=config.get("parent"),
         )

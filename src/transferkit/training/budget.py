@@ -39,8 +39,9 @@ class BudgetPlan:
 
 
 def plan_budget(budget: float, started: float, seconds_per_image: float, measured_size: int, n_train: int,
-                n_val: int, max_views: int, write_report: bool) -> BudgetPlan:
-    """Views and image size for the cache, and stage deadlines, from one measured cost per backbone pass."""
+                n_val: int, max_views: int, write_report: bool, sizes: tuple = FALLBACK_SIZES) -> BudgetPlan:
+    """Views and image size for the cache, and stage deadlines, from one measured cost per backbone pass.
+    `sizes`: the smaller image sizes it may fall back to (none for a model whose size is fixed)."""
     now = time.perf_counter()
     deadline = started + budget
     after_training = 1.3 * (n_train + n_val) * seconds_per_image + SAVE_SECONDS
@@ -52,7 +53,7 @@ def plan_budget(budget: float, started: float, seconds_per_image: float, measure
     left = deadline - now - after_training - (REPORT_SECONDS if keep_report else 0)
     size, cost = measured_size, seconds_per_image
     views = int((CACHE_SHARE * left - n_val * cost) // max(n_train * cost, 1e-9))
-    for smaller in FALLBACK_SIZES:
+    for smaller in sizes:
         if views >= 1 or smaller >= size:
             break
         size, cost = smaller, seconds_per_image * (smaller / measured_size) ** 2

@@ -25,8 +25,8 @@ from transferkit.progress import progress_bar
 from transferkit.runs import folder as rundir
 from transferkit.runs.trained import TrainedModel
 from transferkit.settings import ResolvedSettings, parse_duration
-from transferkit.training import schedules
-from transferkit.training.budget import BudgetPlan
+from transferkit.training import schedules, update
+from transferkit.training.budget import FALLBACK_SIZES, BudgetPlan
 from transferkit.training.stages import Stage, run_stages
 
 logger = logging.getLogger("transferkit")
@@ -146,13 +146,11 @@ class StagePlan:
 
 
 def stage_epochs(resolved: ResolvedSettings, n_train: int) -> tuple[int, int]:
-    """(head epochs, fine-tuning epochs): as set, or enough optimiser steps for the data size."""
+    """(head epochs, fine-tuning epochs): as set, or enough optimiser steps for the data size
+    (fewer for a run that starts from a trained one)."""
     s = resolved.settings
-    epochs = s.epochs or schedules.auto_epochs(n_train, s.batch_size, schedules.HEAD_MIN_STEPS,
-                                               schedules.HEAD_EPOCH_RANGE)
-    fine_tune_epochs = s.fine_tune_epochs if s.fine_tune_epochs is not None else schedules.auto_epochs(
-        n_train, s.batch_size, schedules.FINE_TUNE_MIN_STEPS, schedules.FINE_TUNE_EPOCH_RANGE)
-    return epochs, fine_tune_epochs
+    auto_head, auto_fine_tune = schedules.stage_epochs(n_train, s.batch_size, update=s.from_run is not None)
+    return s.epochs or auto_head, s.fine_tune_epochs if s.fine_tune_epochs is not None else auto_fine_tune
 
 
 def view_extractor(model, resolved: ResolvedSettings, fine_tune_epochs: int, passes: int):
@@ -211,7 +209,8 @@ def _cached_inputs(model, resolved: ResolvedSettings, splits: dict, data_dir: Pa
 
     s = resolved.settings
     n_train, n_val = len(splits[data.TRAIN]), len(splits[data.VALIDATION])
-    plan.cached_views = plan.budget.views if plan.budget else s.cached_views or schedules.auto_views(n_train)
+    plan.cached_views = (plan.budget.views if plan.budget else
+                         s.cached_views or schedules.auto_views(n_train, update=s.from_run is not None))
     extractor = (plan.budget.extractor if plan.budget and plan.budget.extractor is not None else
                  view_extractor(model, resolved, fine_tune_epochs, n_train * plan.cached_views + n_val))
     base, cut = extractor.base, extractor.cut
@@ -245,6 +244,8 @@ def _weights_identity(resolved: ResolvedSettings) -> str:
     from transferkit.modeling.backbones import resolve_weights
 
     s = resolved.settings
+    if s.from_run is not None:  # the parent's fine-tuned backbone is not the ImageNet one
+        return "run:" + data.file_digest(Path(s.from_run) / rundir.MODEL_FILE)
     weights = resolve_weights(resolved.spec, s.weights, s.weights_dir)
     return data.file_digest(weights) if weights and os.path.isfile(weights) else str(weights)
 
@@ -264,11 +265,11 @@ def fit_budget(model, resolved: ResolvedSettings, splits: dict, started: float, 
 
     s = resolved.settings
     n_train, n_val = len(splits[data.TRAIN]), len(splits[data.VALIDATION])
-    max_views = s.cached_views or schedules.auto_views(n_train)
+    max_views = s.cached_views or schedules.auto_views(n_train, update=s.from_run is not None)
     probe = view_extractor(model, resolved, stage_epochs(resolved, n_train)[1], n_train * max_views + n_val)
     seconds = measure_pass(probe, splits[data.TRAIN].paths, resolved.image_size, s.batch_size)
     budget = plan_budget(parse_duration(s.time_budget), started, seconds, resolved.image_size, n_train, n_val,
-                         max_views, s.write_report)
+                         max_views, s.write_report, sizes=() if s.from_run is not None else FALLBACK_SIZES)
     if budget.image_size != resolved.image_size:
         del probe
         gc.collect()  # its OpenVINO model is freed here, on this thread
@@ -282,8 +283,11 @@ def fit_budget(model, resolved: ResolvedSettings, splits: dict, started: float, 
 
 
 def train(resolved: ResolvedSettings, data_dir, val_dir=None, out_dir: Path | None = None,
-          resume: bool = False, loggers: tuple = (), started: float | None = None) -> tuple[TrainedModel, StagePlan]:
+          resume: bool = False, loggers: tuple = (), parent=None,
+          started: float | None = None) -> tuple[TrainedModel, StagePlan]:
     """scan -> split -> build -> stages. With `out_dir`, every epoch is checkpointed in it.
+
+    With `parent` (a `training.update.Parent`), the model starts from that run's weights.
 
     `loggers` are Keras callbacks that see every epoch of both stages (TensorBoard, MLflow).
     `started` (a time.perf_counter() value) is when the job began, which --time-budget counts from.
@@ -296,7 +300,11 @@ def train(resolved: ResolvedSettings, data_dir, val_dir=None, out_dir: Path | No
     scanned = scan(data_dir, val_dir, test_dir, s.cache_dir, s.verbose)
     splits = split(scanned, s.val_split, s.test_split, s.seed)
     classes = list(splits[data.TRAIN].classes)
-    model = build(resolved, len(classes))
+    if parent is not None:
+        added = update.check_classes(parent, classes)
+        if s.verbose:
+            print(f"Starting from {parent.trained.run_dir}" + (f", adding class(es) {added}" if added else ""))
+    model = update.build_from(parent, resolved, classes) if parent is not None else build(resolved, len(classes))
     steps = math.ceil(len(splits[data.TRAIN]) / s.batch_size)
     if s.verbose:
         counts = ", ".join(f"{k} {v}" for k, v in splits[data.TRAIN].class_counts().items())
@@ -333,6 +341,8 @@ def train(resolved: ResolvedSettings, data_dir, val_dir=None, out_dir: Path | No
         "weights_file": str(find_local_weights(resolved.spec, s.weights_dir) or "")
         if s.weights == "imagenet" else s.weights,
     }
+    if parent is not None:
+        resolved_json["weights_file"] = str(Path(parent.trained.run_dir).resolve() / rundir.MODEL_FILE)
     folder = lambda path: str(Path(path).resolve()) if path is not None else None  # noqa: E731
     summary = {
         "data_dir": folder(data_dir), "val_dir": folder(val_dir), "classes": classes,
@@ -349,10 +359,11 @@ def train(resolved: ResolvedSettings, data_dir, val_dir=None, out_dir: Path | No
         "val_accuracy_stage1": result.val_accuracy_stage1, "val_accuracy": result.val_accuracy,
         "val_loss": result.val_loss, "best_epoch": result.best_epoch, "epochs_run": len(result.history),
         "stage_seconds": result.stage_seconds, "interrupted": result.interrupted, "seconds": None,
+        "parent_run": parent.record()["run_dir"] if parent is not None else None,
     }
     trained = TrainedModel(
         model=model, classes=classes, image_size=resolved.image_size, backbone=s.backbone, params=s.to_json(),
         resolved=resolved_json, history=result.history, splits=splits, data_summary=summary, results=results,
-        file_hashes=scanned.file_hashes, skipped=scanned.skipped,
+        file_hashes=scanned.file_hashes, skipped=scanned.skipped, parent=parent.record() if parent else None,
     )
     return trained, plan

@@ -11,6 +11,21 @@ import numpy as np
 # (a handful of steps per epoch) to tens of thousands (hundreds per epoch).
 HEAD_MIN_STEPS, HEAD_EPOCH_RANGE = 300, (10, 50)
 FINE_TUNE_MIN_STEPS, FINE_TUNE_EPOCH_RANGE = 100, (2, 15)
+# A run started from a trained one (`--from`) starts close to its optimum: a third of the head's
+# steps, half of fine-tuning's, and one (un-augmented) cached view, since the parent has seen
+# augmented views already; halving the backbone passes (BENCHMARKS.md, "Updating a model").
+UPDATE_HEAD_MIN_STEPS, UPDATE_HEAD_EPOCH_RANGE = 100, (5, 20)
+UPDATE_FINE_TUNE_MIN_STEPS, UPDATE_FINE_TUNE_EPOCH_RANGE = 50, (1, 8)
+UPDATE_VIEWS = 1
+
+
+def stage_epochs(num_train: int, batch_size: int, update: bool) -> tuple[int, int]:
+    """Automatic (head, fine-tuning) epochs; `update`: for a run that starts from a trained one."""
+    if update:
+        return (auto_epochs(num_train, batch_size, UPDATE_HEAD_MIN_STEPS, UPDATE_HEAD_EPOCH_RANGE),
+                auto_epochs(num_train, batch_size, UPDATE_FINE_TUNE_MIN_STEPS, UPDATE_FINE_TUNE_EPOCH_RANGE))
+    return (auto_epochs(num_train, batch_size, HEAD_MIN_STEPS, HEAD_EPOCH_RANGE),
+            auto_epochs(num_train, batch_size, FINE_TUNE_MIN_STEPS, FINE_TUNE_EPOCH_RANGE))
 
 
 def _clamp(value: float, bounds: tuple[int, int]) -> int:
@@ -41,8 +56,11 @@ def balanced_class_weights(counts: dict[str, int], mode: str) -> dict[int, float
 MIN_AUGMENTED_SAMPLES, VIEW_RANGE = 2000, (2, 8)
 
 
-def auto_views(num_train: int) -> int:
-    """Enough views for about `MIN_AUGMENTED_SAMPLES` cached samples, within `VIEW_RANGE`."""
+def auto_views(num_train: int, update: bool = False) -> int:
+    """Enough views for about `MIN_AUGMENTED_SAMPLES` cached samples, within `VIEW_RANGE`; `UPDATE_VIEWS` for
+    a run that starts from a trained one."""
+    if update:
+        return UPDATE_VIEWS
     return _clamp(round(MIN_AUGMENTED_SAMPLES / max(1, num_train)), VIEW_RANGE)
 
 
