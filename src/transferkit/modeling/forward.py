@@ -13,11 +13,10 @@ their size, so training keeps f32; prediction may use bf16 where top-1 agrees.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import tempfile
-import threading
+from collections import deque
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -110,43 +109,38 @@ class OpenVINOForward:
         self.precision = precision
         self.description = f"OpenVINO {ov.get_version().split('-')[0]} {precision}"
         self._request = self.compiled.create_infer_request()
+        jobs = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        self._requests = [self.compiled.create_infer_request() for _ in range(jobs)]
 
     def __call__(self, images) -> list[np.ndarray]:
         result = self._request.infer({0: np.ascontiguousarray(images, np.float32)})
         return [np.array(result[output]) for output in self.compiled.outputs]
 
     def map(self, batches: Iterable, consume: Callable) -> None:
-        """`consume(outputs, tag)` for every `(images, tag)`, possibly out of order and from OpenVINO's threads."""
-        import openvino as ov
+        """`consume(outputs, tag)` for every `(images, tag)`, in order, with several batches in flight.
 
-        queue = ov.AsyncInferQueue(self.compiled, 0)  # 0: as many requests as the device runs at once
-        errors: list[BaseException] = []
-        lock = threading.Lock()
+        The requests are waited for on this thread rather than given Python callbacks: a callback
+        runs on OpenVINO's threads, where freeing a Python object that owns OpenVINO state aborts
+        the process ("Resource deadlock avoided").
+        """
+        pending: deque = deque()
+        for images, tag in batches:
+            if len(pending) == len(self._requests):
+                self._finish(pending.popleft(), consume)
+            request = self._requests[len(pending)] if not pending else self._after(pending[-1][0])
+            images = np.ascontiguousarray(images, np.float32)
+            request.start_async({0: images})
+            pending.append((request, tag, images))  # the input stays alive until its request is done
+        while pending:
+            self._finish(pending.popleft(), consume)
 
-        def done(request, tag):
-            try:
-                outputs = [np.array(request.get_output_tensor(i).data) for i in range(len(self.compiled.outputs))]
-                with lock:
-                    consume(outputs, tag)
-            except BaseException as error:  # raised again on the caller's thread
-                errors.append(error)
+    def _after(self, request):
+        return self._requests[(self._requests.index(request) + 1) % len(self._requests)]
 
-        queue.set_callback(done)
-        # Cyclic garbage collection could otherwise run inside OpenVINO's callback thread and free an
-        # OpenVINO object there, which aborts the process ("Resource deadlock avoided").
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
-            for images, tag in batches:
-                if errors:
-                    break
-                queue.start_async({0: np.ascontiguousarray(images, np.float32)}, tag)
-            queue.wait_all()
-        finally:
-            if collecting:
-                gc.enable()
-        if errors:
-            raise errors[0]
+    def _finish(self, item, consume: Callable) -> None:
+        request, tag, _ = item
+        request.wait()
+        consume([np.array(request.get_output_tensor(i).data) for i in range(len(self.compiled.outputs))], tag)
 
 
 def export_openvino(model, xml_path: str | os.PathLike) -> Path:

@@ -8,7 +8,6 @@ first step (`Settings.resolve`), and every check on the data runs before trainin
 from __future__ import annotations
 
 import dataclasses
-import gc
 import hashlib
 import logging
 import math
@@ -271,8 +270,6 @@ def fit_budget(model, resolved: ResolvedSettings, splits: dict, started: float, 
     budget = plan_budget(parse_duration(s.time_budget), started, seconds, resolved.image_size, n_train, n_val,
                          max_views, s.write_report, sizes=() if s.from_run is not None else FALLBACK_SIZES)
     if budget.image_size != resolved.image_size:
-        del probe
-        gc.collect()  # its OpenVINO model is freed here, on this thread
         resolved = dataclasses.replace(resolved, image_size=budget.image_size)
         model = build(resolved, num_classes)
     else:
