@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from typing import Sequence
 
 import numpy as np
@@ -16,6 +17,45 @@ def split_key(path: str, seed: int) -> float:
     """A uniform number in [0, 1) that depends only on the file's identity and the seed."""
     digest = hashlib.sha256(f"{seed}:{path}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+# A file name's series: everything before a trailing counter ("rock01-004.png" -> "rock01").
+_SERIES = re.compile(r"^(.*?\D)[-_. ]?\d+$")
+
+
+def name_groups(paths: Sequence[str], labels: Sequence[int], group_by: str) -> list[list[str]]:
+    """Files that must land on the same side of every split, from their names.
+
+    `group_by` is a regular expression searched in each file name (the first group, or the whole
+    match, is the key: e.g. r"^[a-z]+(\d+)-" puts hand 01 of every class together), or "auto": a
+    series is a common prefix followed by a counter, kept only where a class has at least three
+    series and none holds half of it (so "IMG_0001.jpg"-style camera names do not swallow a class).
+    """
+    if group_by == "auto":
+        keys = {}
+        for path, label in zip(paths, labels):
+            match = _SERIES.match(os.path.splitext(os.path.basename(path))[0])
+            keys[path] = (label, match.group(1)) if match else None
+        per_class: dict = {}
+        for path, label in zip(paths, labels):
+            per_class.setdefault(label, {}).setdefault(keys[path], []).append(path)
+        groups = []
+        for label, series in per_class.items():
+            named = {k: v for k, v in series.items() if k is not None}
+            total = sum(len(v) for v in series.values())
+            if len(named) >= 3 and max(len(v) for v in named.values()) < total / 2:
+                groups += [members for members in named.values() if len(members) > 1]
+        return groups
+    try:
+        pattern = re.compile(group_by)
+    except re.error as error:
+        raise DataError(f"group_by must be 'auto' or a regular expression, got {group_by!r} ({error}).") from None
+    by_key: dict = {}
+    for path in paths:
+        match = pattern.search(os.path.basename(path))
+        if match:
+            by_key.setdefault(match.group(1) if pattern.groups else match.group(0), []).append(path)
+    return [members for members in by_key.values() if len(members) > 1]
 
 
 def _check_fraction(name: str, value, allow_zero: bool = False) -> None:
@@ -65,9 +105,9 @@ def stratified_split(
                     f"({len(members)} image(s)) with no {which} image. Add images to that class, use a "
                     "larger fraction, or pass a separate folder."
                 )
-            if not (split[members] == which).any():  # the nearest training file moves over
+            if not (split[members] == which).any():  # the nearest training file (and its group) moves over
                 candidates = [i for i in (ranked if which == VALIDATION else ranked[::-1]) if split[i] == TRAIN]
-                split[candidates[0]] = which
+                split[members[keys[members] == keys[candidates[0]]]] = which
         if not (split[members] == TRAIN).any():
-            split[ranked[len(ranked) // 2]] = TRAIN
+            split[members[keys[members] == keys[ranked[len(ranked) // 2]]]] = TRAIN
     return tuple(files.subset(np.flatnonzero(split == which)) for which in (TRAIN, VALIDATION, TEST))

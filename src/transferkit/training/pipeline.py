@@ -105,19 +105,53 @@ def scan(data_dir: Path, val_dir: Path | None, test_dir: Path | None, cache_dir:
     )
 
 
-def split(scanned: ScannedData, val_split: float, test_split: float, seed: int) -> dict[str, data.LabelledFiles]:
-    """{train, validation, test}: the given folders, else a stratified, duplicate-aware split of DATA_DIR."""
+def split(scanned: ScannedData, val_split: float, test_split: float, seed: int,
+          group_by: str | None = None) -> dict[str, data.LabelledFiles]:
+    """{train, validation, test}: the given folders, else a stratified split of DATA_DIR that keeps
+    duplicates (and, with `group_by`, files of one group) on one side."""
+    from transferkit.data.split import name_groups
+
     files = scanned.usable[data.TRAIN]
+    groups = list(scanned.duplicate_groups)
+    if group_by is not None and scanned.val_dir is None:
+        named = name_groups(files.paths, files.labels, group_by)
+        logger.info("--group-by %s: %d group(s) of files kept on one side of the split", group_by, len(named))
+        groups += named
     empty = data.LabelledFiles((), (), files.classes)
     if scanned.val_dir is not None:
         train, val, test = files, scanned.usable[data.VALIDATION], scanned.usable[data.TEST]
     else:
         train, val, held_out = data.stratified_split(
-            files, val_split, seed, root=scanned.data_dir, groups=scanned.duplicate_groups,
+            files, val_split, seed, root=scanned.data_dir, groups=_merged(groups),
             test_split=0.0 if scanned.test_dir is not None else test_split,
         )
         test = scanned.usable[data.TEST] if scanned.test_dir is not None else held_out
     return {data.TRAIN: train, data.VALIDATION: val, data.TEST: test if test is not None else empty}
+
+
+def _warn_if_validation_leaks(history: list[dict], n_val: int, group_by: str | None) -> None:
+    """Perfect validation accuracy from the first epoch on a large split usually means near copies
+    of training images in it (frames or renders of one subject), so it cannot pick epochs."""
+    if group_by is None and n_val >= 100 and history and history[0].get("val_accuracy") == 1.0:
+        logger.warning(
+            "Validation accuracy was 1.000 from the first epoch on %d images: the validation images are probably "
+            "near copies of training ones (a series of frames or renders of the same subject), so they cannot tell "
+            "epochs apart. Keep each series on one side with --group-by auto (or a regular expression).", n_val)
+
+
+def _merged(groups: list) -> list[list[str]]:
+    """Overlapping groups (a duplicate pair inside a series) joined, so each file has one group."""
+    owner: dict[str, int] = {}
+    merged: list[set] = []
+    for group in groups:
+        hits = {owner[p] for p in group if p in owner}
+        target = set(group).union(*(merged[i] for i in hits))
+        for i in hits:
+            merged[i] = set()
+        merged.append(target)
+        for p in target:
+            owner[p] = len(merged) - 1
+    return [sorted(g) for g in merged if g]
 
 
 def build(resolved: ResolvedSettings, num_classes: int):
@@ -295,7 +329,7 @@ def train(resolved: ResolvedSettings, data_dir, val_dir=None, out_dir: Path | No
     s = resolved.settings
     data_dir, val_dir, test_dir = check_folders(data_dir, val_dir)
     scanned = scan(data_dir, val_dir, test_dir, s.cache_dir, s.verbose)
-    splits = split(scanned, s.val_split, s.test_split, s.seed)
+    splits = split(scanned, s.val_split, s.test_split, s.seed, s.group_by)
     classes = list(splits[data.TRAIN].classes)
     if parent is not None:
         added = update.check_classes(parent, classes)
@@ -324,6 +358,7 @@ def train(resolved: ResolvedSettings, data_dir, val_dir=None, out_dir: Path | No
     result = run_stages(model, len(classes), plan.stages, patience=s.patience, steps_per_epoch=steps,
                         class_weight=class_weights, checkpoint_dir=checkpoint_dir, resume=resume,
                         verbose=s.verbose, extra_callbacks=tuple(loggers))
+    _warn_if_validation_leaks(result.history, len(splits[data.VALIDATION]), s.group_by)
     resolved_json = {
         "image_size": resolved.image_size,
         "augmentation": dataclasses.asdict(resolved.augmentation),
