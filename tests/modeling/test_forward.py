@@ -66,7 +66,7 @@ def test_the_run_records_its_runtime_and_keeps_a_checked_copy(openvino_run):
 PREDICT = """
 import json, sys
 from transferkit.deploy.predictor import Predictor
-predictor = Predictor(sys.argv[1])
+predictor = Predictor(sys.argv[1], precision="f32")
 rows = [(p.path, p.label, p.confidence, p.score) for p in predictor.predict([sys.argv[2]], top_k=2)]
 print(json.dumps({"rows": rows, "runtime": predictor.runtime, "tensorflow": "tensorflow" in sys.modules}))
 """
@@ -83,7 +83,7 @@ def test_a_run_folder_predicts_on_its_copy_without_tensorflow_like_keras(openvin
     keras = Predictor(openvino_run, runtime="keras").predict([synthetic_dir], top_k=2)
     assert [row[1] for row in fast["rows"]] == [p.label for p in keras]
     np.testing.assert_allclose([row[2] for row in fast["rows"]], [p.confidence for p in keras], atol=1e-4)
-    np.testing.assert_allclose([row[3] for row in fast["rows"]], [p.score for p in keras], atol=1e-4)
+    np.testing.assert_allclose([row[3] for row in fast["rows"]], [p.score for p in keras], atol=1e-3)
 
 
 def test_a_copy_of_another_model_is_ignored(openvino_run, synthetic_dir, tmp_path):
