@@ -115,22 +115,27 @@ class TrainedModel:
 
     def predict_features(self, paths: Sequence[str], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
         """(pooled features (n, d), logits (n, c)) for image files; rows of unreadable files are NaN."""
-        from transferkit.modeling.openset import two_class_logits
-
         paths = [str(p) for p in paths]
-        features_model, final = self.feature_model()
-        kernel, bias = (np.asarray(w, np.float64) for w in final.get_weights())
         dim = int(self.model.get_layer("pool").output.shape[-1])
         features = np.full((len(paths), dim), np.nan, np.float32)
         logits = np.full((len(paths), len(self.classes)), np.nan)
         rows = 0
         for images, ok in data.make_dataset(paths, None, self.image_size, batch_size, drop_unreadable=False):
-            pooled, penultimate = (np.asarray(t) for t in features_model.predict_on_batch(images))
+            pooled, batch_logits = self.image_features(images)
             ok = ok.numpy()
             features[rows: rows + len(ok)][ok] = pooled[ok]
-            logits[rows: rows + len(ok)][ok] = two_class_logits(penultimate.astype(np.float64) @ kernel + bias)[ok]
+            logits[rows: rows + len(ok)][ok] = batch_logits[ok]
             rows += len(ok)
         return features, logits
+
+    def image_features(self, images) -> tuple[np.ndarray, np.ndarray]:
+        """(pooled features, logits) of one batch of decoded images (float 0-255 at `image_size`)."""
+        from transferkit.modeling.openset import two_class_logits
+
+        features_model, final = self.feature_model()
+        kernel, bias = (np.asarray(w, np.float64) for w in final.get_weights())
+        pooled, penultimate = (np.asarray(t) for t in features_model.predict_on_batch(images))
+        return pooled, two_class_logits(penultimate.astype(np.float64) @ kernel + bias)
 
     def unknown_scores(self, features, logits, method: str | None = None) -> np.ndarray:
         """The run's unknown score (higher: less like the training images); needs an ood.json."""
