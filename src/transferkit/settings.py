@@ -140,6 +140,10 @@ class Settings:
     cached_views: int | None = setting(
         None, "Views per training image in the cache, view 0 un-augmented (default: enough for ~2000 samples, 2-8).",
         TRAIN, POSITIVE_INT)
+    strategy: str = setting(
+        "default", "'multi-worker': train on the machines named in TF_CONFIG "
+        "(tf.distribute.MultiWorkerMirroredStrategy; needs --no-cache); worker 0 writes the run folder.", TRAIN,
+        OneOf(("default", "multi-worker")))
     cache_dir: str | None = setting(
         None, "Keep activation caches here, reused across runs (default: in memory).", TRAIN, TEXT)
     write_report: bool = setting(True, "Write report.html into the run folder.", OUTPUT, BOOL)
@@ -176,6 +180,9 @@ class Settings:
                 raise ConfigError(f"{f.name} must be {allowed}, got {value!r}.{hint}")
         if any(isinstance(u, bool) or not isinstance(u, int) or u <= 0 for u in self.hidden_units):
             raise ConfigError(f"hidden_units must be positive integers, got {list(self.hidden_units)!r}.")
+        if self.strategy == "multi-worker" and self.cache:
+            raise ConfigError("strategy 'multi-worker' runs the plain recipe on every worker: add --no-cache "
+                              "(cache=False); the activation cache makes one machine enough for most sets.")
         if self.val_split + self.test_split >= 1.0:
             raise ConfigError(
                 f"test_split must be in [0, 1 - val_split), got {self.test_split!r} (val_split {self.val_split}).")

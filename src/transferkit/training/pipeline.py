@@ -23,7 +23,7 @@ from transferkit.progress import progress_bar
 from transferkit.runs import folder as rundir
 from transferkit.runs.trained import TrainedModel
 from transferkit.settings import ResolvedSettings
-from transferkit.training import schedules
+from transferkit.training import distribute, schedules
 from transferkit.training.stages import Stage, run_stages
 
 logger = logging.getLogger("transferkit")
@@ -154,9 +154,10 @@ def plan_stages(model, resolved: ResolvedSettings, splits: dict, data_dir: Path,
     if s.cache:
         head_inputs, top_inputs = _cached_inputs(model, resolved, splits, data_dir, fine_tune_epochs, plan, verbose)
     else:
-        train_ds = data.make_dataset(*_paths_labels(splits[data.TRAIN]), resolved.image_size, s.batch_size,
-                                     shuffle=True, seed=s.seed)
-        val_ds = data.make_dataset(*_paths_labels(splits[data.VALIDATION]), resolved.image_size, s.batch_size)
+        train_ds = distribute.shard_by_data(data.make_dataset(
+            *_paths_labels(splits[data.TRAIN]), resolved.image_size, s.batch_size, shuffle=True, seed=s.seed), s.strategy)
+        val_ds = distribute.shard_by_data(data.make_dataset(
+            *_paths_labels(splits[data.VALIDATION]), resolved.image_size, s.batch_size), s.strategy)
         head_inputs = top_inputs = lambda: (model, train_ds, val_ds)  # noqa: E731 - one model, fitted twice
 
     def fine_tune_inputs():
@@ -236,13 +237,23 @@ def train(resolved: ResolvedSettings, data_dir, val_dir=None, out_dir: Path | No
 
     `loggers` are Keras callbacks that see every epoch of both stages (TensorBoard, MLflow).
     """
-    from transferkit.modeling.backbones import find_local_weights
-    from transferkit.training.schedules import balanced_class_weights
-
     s = resolved.settings
     data_dir, val_dir, test_dir = check_folders(data_dir, val_dir)
     scanned = scan(data_dir, val_dir, test_dir, s.cache_dir, s.verbose)
     splits = split(scanned, s.val_split, s.test_split, s.seed)
+    with distribute.scope(s.strategy):  # multi-worker: the model and its optimisers belong to the strategy
+        trained, plan = _build_and_train(resolved, data_dir, val_dir, test_dir, scanned, splits, out_dir, resume,
+                                         loggers)
+    if s.strategy != "default":
+        trained.model = distribute.local_copy(trained.model)
+    return trained, plan
+
+
+def _build_and_train(resolved, data_dir, val_dir, test_dir, scanned, splits, out_dir, resume, loggers):
+    from transferkit.modeling.backbones import find_local_weights
+    from transferkit.training.schedules import balanced_class_weights
+
+    s = resolved.settings
     classes = list(splits[data.TRAIN].classes)
     model = build(resolved, len(classes))
     steps = math.ceil(len(splits[data.TRAIN]) / s.batch_size)
