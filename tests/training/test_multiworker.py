@@ -1,0 +1,86 @@
+"""`train --strategy multi-worker`: two workers on loopback train exactly like one."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from conftest import RPS, copy_spread, requires_shared
+from transferkit.errors import ConfigError
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_tf_config_and_settings_are_checked(monkeypatch):
+    from transferkit import ImageClassifier
+    from transferkit.training import distribute
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ConfigError, match="TF_CONFIG, which is not set"):
+        distribute.worker_task()
+    for config, message in (("{not json", "not a cluster spec"),
+                            ({"cluster": {"worker": []}, "task": {"type": "worker", "index": 0}}, "list of 'host:port'"),
+                            ({"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1}}, "index"),
+                            ({"cluster": {"worker": ["a:1"], "chief": ["b:1"]}, "task": {"type": "worker", "index": 0}},
+                             "not 'chief'")):
+        monkeypatch.setenv("TF_CONFIG", config if isinstance(config, str) else json.dumps(config))
+        with pytest.raises(ConfigError, match=message):
+            distribute.worker_task()
+    with pytest.raises(ConfigError, match="add --no-cache"):
+        ImageClassifier(strategy="multi-worker").settings().validate()
+    with pytest.raises(ConfigError, match="strategy must be"):
+        ImageClassifier(strategy="parameter-server", cache=False).settings().validate()
+
+
+def history(run_dir) -> list[dict]:
+    with open(run_dir / "history.csv", newline="") as handle:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+@requires_shared
+def test_two_workers_on_loopback_train_like_one(tmp_path):
+    """Without augmentation and dropout, every step of two workers (half the batch each, gradients
+    all-reduced) equals one worker's step up to float rounding: same losses, same accuracy."""
+    from transferkit import ImageClassifier
+
+    data_dir = copy_spread(RPS, tmp_path / "rps", per_class=8, stride=100)
+    settings = dict(cache=False, image_size=32, epochs=1, fine_tune_epochs=1, batch_size=8, augment="none",
+                    dropout=0.0, patience=None, write_report=False, verbose=0)
+    single = ImageClassifier(**settings).fit(data_dir, out=tmp_path / "single")
+
+    cluster = {"worker": [f"127.0.0.1:{free_port()}" for _ in range(2)]}
+    command = [sys.executable, "-m", "transferkit", "train", str(data_dir), "--out", str(tmp_path / "multi"),
+               "--strategy", "multi-worker", "--no-cache", "--image-size", "32", "--epochs", "1",
+               "--fine-tune-epochs", "1", "--batch-size", "8", "--augment", "none", "--dropout", "0",
+               "--patience", "0", "--no-report", "--json"]
+    workers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={
+        **os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})})
+        for i in range(2)]
+    results = []
+    for worker in workers:
+        stdout, stderr = worker.communicate(timeout=600)
+        assert worker.returncode == 0, stderr[-3000:]
+        results.append(json.loads(stdout.strip().splitlines()[-1]))
+
+    chief, other = results
+    assert chief["run_dir"] == str(tmp_path / "multi") and other["run_dir"] != chief["run_dir"]
+    assert not os.path.exists(os.path.dirname(other["run_dir"])), "the other worker's temporary folder is left"
+    assert chief["val_accuracy"] == pytest.approx(single.results_["val_accuracy"])
+    assert other["val_loss"] == pytest.approx(chief["val_loss"], rel=1e-6)
+    one, two = history(tmp_path / "single"), history(tmp_path / "multi")
+    assert [r["stage"] for r in two] == [1, 2]
+    for a, b in zip(one, two):
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-4), (key, a, b)
+    reloaded = ImageClassifier.load(tmp_path / "multi")
+    assert reloaded.predict([next(data_dir.rglob("*.png"))])[0].label in reloaded.classes_
