@@ -144,6 +144,13 @@ class Settings:
         "default", "'multi-worker': train on the machines named in TF_CONFIG "
         "(tf.distribute.MultiWorkerMirroredStrategy; needs --no-cache); worker 0 writes the run folder.", TRAIN,
         OneOf(("default", "multi-worker")))
+    engine: str = setting(
+        "local", "ray: with the cache, its backbone pass runs on Ray actors (needs --cache-dir, shared by all "
+        "machines); with --no-cache, Ray Train starts --workers multi-worker processes. Needs transferkit[ray].",
+        TRAIN, OneOf(("local", "ray")))
+    workers: int = setting(2, "--engine ray: Ray actors / training workers.", TRAIN, POSITIVE_INT)
+    ray_address: str | None = setting(
+        None, "--engine ray: the cluster ('auto', 'ray://host:port'); default: a local Ray instance.", TRAIN, TEXT)
     cache_dir: str | None = setting(
         None, "Keep activation caches here, reused across runs (default: in memory).", TRAIN, TEXT)
     write_report: bool = setting(True, "Write report.html into the run folder.", OUTPUT, BOOL)
@@ -183,6 +190,9 @@ class Settings:
         if self.strategy == "multi-worker" and self.cache:
             raise ConfigError("strategy 'multi-worker' runs the plain recipe on every worker: add --no-cache "
                               "(cache=False); the activation cache makes one machine enough for most sets.")
+        if self.engine == "ray" and self.cache and not self.cache_dir:
+            raise ConfigError("engine 'ray' with the cache writes its activations into --cache-dir, from where "
+                              "training reads them: give one (shared by all machines of the cluster).")
         if self.val_split + self.test_split >= 1.0:
             raise ConfigError(
                 f"test_split must be in [0, 1 - val_split), got {self.test_split!r} (val_split {self.val_split}).")

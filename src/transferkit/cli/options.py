@@ -22,7 +22,7 @@ from transferkit.settings import AUG, Settings
 _CLI_TYPES = {"image_size": Optional[int], "weights_dir": Optional[Path], "augment": str, "epochs": Optional[int],
               "fine_tune_epochs": Optional[int], "fine_tune_learning_rate": Optional[float],
               "fine_tune_at": Optional[str], "hidden_units": Optional[List[int]], "patience": int,
-              "cached_views": Optional[int], "cache_dir": Optional[Path]}
+              "cached_views": Optional[int], "cache_dir": Optional[Path], "ray_address": Optional[str]}
 _FLAGS = {"cache": ("--cache/--no-cache",), "write_report": ("--report/--no-report",)}
 
 RunDir = Annotated[Path, typer.Argument(help="A run folder written by `transferkit train`.", show_default=False)]

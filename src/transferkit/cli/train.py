@@ -39,14 +39,6 @@ def train(
         "--mlflow-uri", help="MLflow tracking store for --mlflow (default: "
         "sqlite:///mlflow.db in the current folder, artifacts in ./mlartifacts). Implies --mlflow.", rich_help_panel=OUTPUT,
         show_default=False)] = None,
-    engine: Annotated[str, typer.Option(
-        help="local: this process (with --strategy multi-worker: this machine's part); ray: start --workers "
-        "multi-worker processes on Ray Train (pip install 'transferkit[ray]'), implies --strategy multi-worker.",
-        rich_help_panel="Scale out")] = "local",
-    workers: Annotated[int, typer.Option(help="--engine ray: training workers.", rich_help_panel="Scale out")] = 2,
-    address: Annotated[Optional[str], typer.Option(
-        help="--engine ray: the cluster ('auto', 'ray://host:port'); default: a local Ray instance.",
-        rich_help_panel="Scale out", show_default=False)] = None,
 ):
     """Train a classifier on DATA_DIR: head on a frozen backbone, then fine-tuning; saves a run folder."""
     from transferkit.api import ImageClassifier
@@ -55,17 +47,14 @@ def train(
 
     setup_logging(quiet=as_json)
     verbose = 0 if as_json else 1
-    if engine not in ("local", "ray"):
-        raise ConfigError(f"--engine must be local or ray, got {engine!r}.")
-    if engine == "ray":
+    if settings.get("engine") == "ray" and not settings.get("cache", True):  # Ray Train launches the workers
         if resume or mlflow or mlflow_uri or tfds_data_dir:
-            raise ConfigError("--engine ray takes a plain DATA_DIR; --resume, --mlflow and tfds sources are for --engine local.")
+            raise ConfigError("--engine ray --no-cache takes a plain DATA_DIR; --resume, --mlflow and tfds sources "
+                              "are for --engine local.")
         out_dir = out_dir or next_free_dir(Path("runs") / source_name(data_dir))
-        results = _train_on_ray({**settings, "strategy": "multi-worker", "verbose": 0}, data_dir, val_dir, out_dir,
-                                overwrite, workers, address)
+        results = _train_on_ray({**settings, "engine": "local", "strategy": "multi-worker", "verbose": 0},
+                                data_dir, val_dir, out_dir, overwrite, settings["workers"], settings["ray_address"])
         return print_results(results, as_json)
-    if address is not None or workers != 2:
-        raise ConfigError("--workers and --address need --engine ray.")
     if resume:
         if out_dir is None:
             raise ConfigError("--resume needs --out: the run folder to continue.")
@@ -106,7 +95,7 @@ def _train_on_ray(settings: dict, data_dir, val_dir, out_dir: Path, overwrite: b
     `ImageClassifier.fit` under the multi-worker strategy, worker 0 writes `out_dir`."""
     import tempfile
 
-    from transferkit.deploy.ray_predict import check_ray, init_ray
+    from transferkit.training.distribute import check_ray, init_ray
     from transferkit.runs.folder import check_output_dir, read_config
     from transferkit.settings import Settings
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,50 +26,15 @@ import numpy as np
 
 from transferkit import data
 from transferkit.deploy.prediction_sinks import open_sink, schema
-from transferkit.deploy.runtimes import DEFAULT_BATCH, cpu_threads, export_kind
+from transferkit.deploy.runtimes import DEFAULT_BATCH, export_kind
 from transferkit.errors import ConfigError, DataError
+from transferkit.training.distribute import check_ray, init_ray  # noqa: F401 - init_ray: for callers
 
 logger = logging.getLogger("transferkit")
 
 # Files per Ray batch: enough to keep the per-batch overhead (scheduling, transfer) small
 # next to the inference; the model itself runs in chunks of the runtime's own batch size.
 RAY_BATCH = 64
-
-
-def check_ray():
-    """Import Ray (and pyarrow) with usage stats off, or say how to install them."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    try:
-        import pyarrow  # noqa: F401
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError as error:
-        raise ConfigError(
-            f"--engine ray needs Ray Data and pyarrow, which are not installed ({error}): "
-            "pip install 'transferkit[ray]'."
-        ) from None
-    return ray
-
-
-def init_ray(address: str | None = None, num_cpus: int | None = None, verbose: bool = False) -> bool:
-    """Connect to `address` ('auto', 'ray://host:port', 'host:port'), or start a local instance
-    (no dashboard); an instance already initialised in this process is used as it is.
-    Returns whether this call started or joined one (the caller then shuts it down)."""
-    ray = check_ray()
-    if ray.is_initialized():
-        return False
-    if address is not None and (not isinstance(address, str) or not address.strip()):
-        raise ConfigError(f"address must be 'auto', 'ray://host:port' or 'host:port', got {address!r}.")
-    options = dict(include_dashboard=False, log_to_driver=verbose, logging_level=logging.WARNING,
-                   configure_logging=True)
-    try:
-        if address:
-            ray.init(address=address, log_to_driver=verbose, logging_level=logging.WARNING)
-        else:
-            ray.init(num_cpus=num_cpus or max(2, cpu_threads()), **options)
-    except ConnectionError as error:
-        raise ConfigError(f"Cannot reach the Ray cluster at {address!r}: {error}") from None
-    return True
 
 
 def read_inputs(inputs: Sequence) -> list[str]:

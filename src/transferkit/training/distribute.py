@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -139,3 +140,42 @@ def shard_by_data(dataset, name: str):
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return dataset.with_options(options)
+
+
+# -- Ray: a local instance or a cluster (prediction, Ray Train, the cache's extraction pass) --------
+
+
+def check_ray():
+    """Import Ray (and pyarrow) with usage stats off, or say how to install them."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    try:
+        import pyarrow  # noqa: F401
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as error:
+        raise ConfigError(
+            f"--engine ray needs Ray Data and pyarrow, which are not installed ({error}): "
+            "pip install 'transferkit[ray]'."
+        ) from None
+    return ray
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, verbose: bool = False) -> bool:
+    """Connect to `address` ('auto', 'ray://host:port', 'host:port'), or start a local instance
+    (no dashboard); an instance already initialised in this process is used as it is.
+    Returns whether this call started or joined one (the caller then shuts it down)."""
+    ray = check_ray()
+    if ray.is_initialized():
+        return False
+    if address is not None and (not isinstance(address, str) or not address.strip()):
+        raise ConfigError(f"address must be 'auto', 'ray://host:port' or 'host:port', got {address!r}.")
+    options = dict(include_dashboard=False, log_to_driver=verbose, logging_level=logging.WARNING,
+                   configure_logging=True)
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=verbose, logging_level=logging.WARNING)
+        else:
+            ray.init(num_cpus=num_cpus or max(2, len(os.sched_getaffinity(0))), **options)
+    except ConnectionError as error:
+        raise ConfigError(f"Cannot reach the Ray cluster at {address!r}: {error}") from None
+    return True

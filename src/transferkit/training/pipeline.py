@@ -200,6 +200,11 @@ def _cached_inputs(model, resolved: ResolvedSettings, splits: dict, data_dir: Pa
         key = cache.cache_key(files, data_dir, {**key_settings, "views": views}) if cache_dir else None
         label = f"Caching backbone activations ({views} view{'s' * (views > 1)})"
         with progress_bar(len(files) * views, label, enabled=bool(verbose)) as advance:
+            if s.engine == "ray" and key and not cache.is_complete(cache_dir / key, extractor):
+                from transferkit.training.ray_cache import extract_on_ray
+
+                extract_on_ray(build, s, len(files.classes), extractor, cut, files.paths, views, cache_dir / key,
+                               advance)
             arrays.append(cache.cached_views(extractor, files, resolved.image_size, views, s.batch_size, cache_dir,
                                              key, advance))
     train, val = arrays
