@@ -10,6 +10,9 @@ local copy of the model (calibration, report), so nothing after training waits f
 
 The strategy must exist before TensorFlow runs its first operation, so `worker_out_dir` (called
 first thing by `fit`) creates it.
+
+`check_ray` / `init_ray` start or join Ray (dashboard and usage stats off) for everything that
+runs on it: batch prediction, Ray Train's workers and the cache's backbone pass.
 """
 
 from __future__ import annotations
