@@ -99,6 +99,7 @@ class ImageClassifier:
         started = time.perf_counter()
         resolved, parent = update.resolve(self.settings())
         update.check_output(parent, out)
+        out = pipeline.distribute.worker_out_dir(out, self.strategy)  # chief: out; other workers: a temp folder
         source = str(data_dir)
         data_dir = self._local(data_dir, tfds_data_dir)
         pipeline.check_folders(data_dir, val_dir)

@@ -185,6 +185,17 @@ class Settings:
     cached_views: int | None = setting(
         None, "Views per training image in the cache, view 0 un-augmented (default: enough for ~2000 samples, 2-8).",
         TRAIN, POSITIVE_INT)
+    strategy: str = setting(
+        "default", "'multi-worker': train on the machines named in TF_CONFIG "
+        "(tf.distribute.MultiWorkerMirroredStrategy; needs --no-cache); worker 0 writes the run folder.", TRAIN,
+        OneOf(("default", "multi-worker")))
+    engine: str = setting(
+        "local", "ray: with the cache, its backbone pass runs on Ray actors (needs --cache-dir, shared by all "
+        "machines); with --no-cache, Ray Train starts --workers multi-worker processes. Needs transferkit[ray].",
+        TRAIN, OneOf(("local", "ray")))
+    workers: int = setting(2, "--engine ray: Ray actors / training workers.", TRAIN, POSITIVE_INT)
+    ray_address: str | None = setting(
+        None, "--engine ray: the cluster ('auto', 'ray://host:port'); default: a local Ray instance.", TRAIN, TEXT)
     cache_dir: str | None = setting(
         None, "Keep activation caches here, reused across runs (default: in memory).", TRAIN, TEXT)
     time_budget: str | float | None = setting(
@@ -231,6 +242,12 @@ class Settings:
                 raise ConfigError(f"{f.name} must be {allowed}, got {value!r}.{hint}")
         if any(isinstance(u, bool) or not isinstance(u, int) or u <= 0 for u in self.hidden_units):
             raise ConfigError(f"hidden_units must be positive integers, got {list(self.hidden_units)!r}.")
+        if self.strategy == "multi-worker" and self.cache:
+            raise ConfigError("strategy 'multi-worker' runs the plain recipe on every worker: add --no-cache "
+                              "(cache=False); the activation cache makes one machine enough for most sets.")
+        if self.engine == "ray" and self.cache and not self.cache_dir:
+            raise ConfigError("engine 'ray' with the cache writes its activations into --cache-dir, from where "
+                              "training reads them: give one (shared by all machines of the cluster).")
         if self.val_split + self.test_split >= 1.0:
             raise ConfigError(
                 f"test_split must be in [0, 1 - val_split), got {self.test_split!r} (val_split {self.val_split}).")

@@ -23,7 +23,7 @@ _CLI_TYPES = {"image_size": Optional[int], "weights_dir": Optional[Path], "augme
               "fine_tune_epochs": Optional[int], "fine_tune_learning_rate": Optional[float],
               "fine_tune_at": Optional[str], "hidden_units": Optional[List[int]], "patience": int,
               "cached_views": Optional[int], "cache_dir": Optional[Path], "time_budget": Optional[str],
-              "from_run": Optional[Path]}
+              "from_run": Optional[Path], "ray_address": Optional[str]}
 _FLAGS = {"cache": ("--cache/--no-cache",), "write_report": ("--report/--no-report",), "from_run": ("--from",)}
 
 RunDir = Annotated[Path, typer.Argument(help="A run folder written by `transferkit train`.", show_default=False)]

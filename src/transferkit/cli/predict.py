@@ -27,9 +27,23 @@ def predict(
     threshold: Optional[float] = typer.Option(None, help="Unknown when the score is above this (overrides --accept-rate).", show_default=False),
     precision: str = typer.Option("auto", help="A run folder's OpenVINO copy: auto (bf16 where the CPU has it and the run measured bf16 giving its f32 labels, else f32), f32 or bf16."),
     runtime: str = typer.Option("auto", help="auto: the fastest available (for a run folder, its OpenVINO copy, else a TFLite copy that passed the parity check, else Keras); or openvino, keras, tflite, savedmodel, onnx."),
+    engine: str = typer.Option("local", help="local: this process; ray: Ray Data workers (pip install 'transferkit[ray]'), results streamed to --output, a rerun skips the files done.", rich_help_panel="Scale out"),
+    address: Optional[str] = typer.Option(None, help="--engine ray: the cluster ('auto', 'ray://host:port'); default: a local Ray instance.", show_default=False, rich_help_panel="Scale out"),
+    output: Optional[Path] = typer.Option(None, help="--engine ray: the .parquet or .csv file to write (default predictions.parquet); INPUT may be @list.txt, one path per line.", show_default=False, rich_help_panel="Scale out"),
+    workers: int = typer.Option(1, help="--engine ray: model workers (actors); each takes an equal share of the cluster's CPUs.", rich_help_panel="Scale out"),
 ):
     """Label each image with the trained classifier (label and confidence); images/s on stderr."""
     setup_logging(quiet=False)
+    if engine not in ("local", "ray"):
+        raise ConfigError(f"--engine must be local or ray, got {engine!r}.")
+    if engine == "ray":
+        if explain_dir is not None or as_csv:
+            raise ConfigError("--engine ray writes --output (.parquet or .csv); --explain and --csv are for --engine local.")
+        return _predict_on_ray(run_dir, inputs, output or Path("predictions.parquet"), address=address, workers=workers,
+                               top_k=top_k, batch_size=batch_size, runtime=runtime, reject=reject,
+                               accept_rate=accept_rate, threshold=threshold, as_json=as_json)
+    if address is not None or output is not None or workers != 1:
+        raise ConfigError("--address, --output and --workers need --engine ray.")
     from transferkit.deploy.predictor import Predictor
 
     predictor = Predictor(run_dir, runtime=runtime, verbose=0 if (as_json or as_csv) else 1, precision=precision)
@@ -91,3 +105,17 @@ def _explain_predictions(predictor, predictions, explain_dir) -> dict:
 
     paths = [p.path for p in predictions]
     return {e.path: e.overlay_path for e in explain_images(predictor.trained, paths, None, explain_dir)}
+
+
+
+def _predict_on_ray(run_dir, inputs, output, *, as_json: bool, **options) -> None:
+    from transferkit.deploy.ray_predict import predict_to_file
+
+    stats = predict_to_file(run_dir, inputs, output, verbose=not as_json, **options)
+    if as_json:
+        print(json.dumps(stats, indent=2))
+        return
+    rate = f", {stats['images_per_second']:.1f} images/s" if stats["images_per_second"] else ""
+    out.print(f"{stats['files']} file(s): {stats['done_before']} already in {stats['output']}, "
+              f"{stats['predicted']} predicted now ({stats['errors']} unreadable) in {stats['seconds']:.1f} s{rate} "
+              f"on {stats['workers']} Ray worker(s).", highlight=False, soft_wrap=True)

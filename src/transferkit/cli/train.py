@@ -48,6 +48,14 @@ def train(
 
     setup_logging(quiet=as_json)
     verbose = 0 if as_json else 1
+    if settings.get("engine") == "ray" and not settings.get("cache", True):  # Ray Train launches the workers
+        if resume or mlflow or mlflow_uri or tfds_data_dir:
+            raise ConfigError("--engine ray --no-cache takes a plain DATA_DIR; --resume, --mlflow and tfds sources "
+                              "are for --engine local.")
+        out_dir = out_dir or next_free_dir(Path("runs") / source_name(data_dir))
+        results = _train_on_ray({**settings, "engine": "local", "strategy": "multi-worker", "verbose": 0},
+                                data_dir, val_dir, out_dir, overwrite, settings["workers"], settings["ray_address"])
+        return print_results(results, as_json)
     if resume:
         if out_dir is None:
             raise ConfigError("--resume needs --out: the run folder to continue.")
@@ -86,3 +94,47 @@ def print_results(results: dict, as_json: bool) -> None:
     table.add_row("time", f"{results['seconds']:.1f} s{interrupted}")
     table.add_row("run folder", results["run_dir"])
     out.print(table)
+
+
+def _train_on_ray(settings: dict, data_dir, val_dir, out_dir: Path, overwrite: bool, workers: int,
+                  address: str | None) -> dict:
+    """Ray Train's TensorflowTrainer starts the workers and gives each its TF_CONFIG; each runs
+    `ImageClassifier.fit` under the multi-worker strategy, worker 0 writes `out_dir`."""
+    import tempfile
+
+    from transferkit.training.distribute import check_ray, init_ray
+    from transferkit.runs.folder import check_output_dir, read_config
+    from transferkit.settings import Settings
+
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"--workers must be a positive integer, got {workers!r}.")
+    Settings(**settings).validate()  # e.g. --no-cache, before any worker starts
+    check_output_dir(out_dir, overwrite)
+    started = init_ray(address)
+    ray = check_ray()
+    try:
+        from ray.train import RunConfig, ScalingConfig
+        from ray.train.tensorflow import TensorflowTrainer
+
+        cpus = float(ray.cluster_resources().get("CPU", 1)) / workers
+        config = {"settings": settings, "data_dir": str(Path(data_dir).resolve()), "out": str(Path(out_dir).resolve()),
+                  "val_dir": str(Path(val_dir).resolve()) if val_dir else None, "overwrite": overwrite}
+        with tempfile.TemporaryDirectory(prefix="transferkit-ray-train-") as storage:
+            result = TensorflowTrainer(
+                _ray_train_loop, train_loop_config=config,
+                scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": cpus}),
+                run_config=RunConfig(storage_path=storage, name="transferkit")).fit()
+        if result.error is not None:
+            raise result.error
+    finally:
+        if started:
+            ray.shutdown()
+    return read_config(out_dir)["results"]
+
+
+def _ray_train_loop(config: dict) -> None:
+    """One Ray Train worker: Ray Train has set TF_CONFIG for it."""
+    from transferkit.api import ImageClassifier
+
+    ImageClassifier(**config["settings"]).fit(config["data_dir"], val_dir=config["val_dir"], out=config["out"],
+                                              overwrite=config["overwrite"])

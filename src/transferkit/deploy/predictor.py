@@ -302,6 +302,46 @@ class Predictor:
                           map_with=runtime.map_outputs)
         return features, logits, stats
 
+    def predict_images_with_scores(self, images: np.ndarray, *, accept_rate: float | None = None,
+                                   threshold: float | None = None):
+        """`predict_with_scores` on images already decoded by `data.load_image` (workers that decode
+        themselves): the same probabilities, scores and threshold as the path-based call."""
+        from transferkit.modeling import openset
+
+        if self.kind != "run" or not self.can_reject:
+            probabilities = self.predict_images(images)
+            if not self.can_reject:
+                return probabilities, None, None
+            unknown = self._export_info()["unknown"]
+            if threshold is None:
+                threshold = (openset.threshold_for(unknown["val_scores"], accept_rate) if accept_rate is not None
+                             else float(unknown["threshold"]))
+            return probabilities, openset.msp_score(probabilities), float(threshold)
+        runtime = self._openvino_runtime()
+        if runtime is not None:
+            _, features, logits = runtime.outputs(images)
+            return score_outputs(self._meta, features, logits, accept_rate, threshold, runtime.forward.precision)
+        if self._runtime is None:
+            self._runtime = KerasRuntime(self.trained.model)
+        features, logits = self.trained.image_features(np.asarray(images, dtype=np.float32))
+        return score_outputs(self.trained, features, logits, accept_rate, threshold)
+
+    def runtime_for_workers(self, n_images: int, sample_paths: Sequence[str]) -> str:
+        """The runtime a call of `n_images` would pick, converting a run folder to TFLite now (once, here)
+        where that call would, so that many workers find the checked copy instead of each converting;
+        the Keras model is not loaded for it."""
+        if self.kind != "run":
+            return self.kind
+        if self.requested_runtime == "keras":
+            return "keras"
+        copy = self._checked_tflite_copy()
+        if copy is None and (self.requested_runtime == "tflite" or n_images >= CONVERT_MIN_IMAGES):
+            copy = self._convert_to_cache(list(sample_paths))
+        if copy is None and self.requested_runtime == "tflite":
+            raise ConfigError(f"No TFLite copy of '{self.source}' agrees with its Keras model (see the warning "
+                              "above); use runtime 'keras' or 'auto'.")
+        return "tflite" if copy is not None else "keras"
+
     def predict(self, inputs, top_k: int = 1, batch_size: int | None = None, *, reject: bool = True,
                 accept_rate: float | None = None, threshold: float | None = None) -> list:
         """Label and confidence per image (`Prediction`); folders searched recursively,

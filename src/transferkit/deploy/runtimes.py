@@ -231,13 +231,20 @@ class OpenVINORuntime:
     def map(self, batches, consume) -> None:
         self.forward.map(batches, lambda outputs, tag: consume(outputs[0], tag))
 
+    def outputs(self, images) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(probabilities, pooled features, logits) of one batch of decoded images."""
+        from transferkit.modeling.openset import two_class_logits
+
+        probabilities, pooled, penultimate = self.forward(images)
+        return probabilities, pooled, two_class_logits(penultimate.astype(np.float64) @ self.kernel + self.bias)
+
     def map_outputs(self, batches, consume) -> None:
         """`consume((probabilities, pooled, logits), tag)`; logits in float64, two-class ones as two columns."""
         from transferkit.modeling.openset import two_class_logits
 
         def full(outputs, tag):
-            logits = two_class_logits(outputs[2].astype(np.float64) @ self.kernel + self.bias)
-            consume((outputs[0], outputs[1], logits), tag)
+            consume((outputs[0], outputs[1], two_class_logits(outputs[2].astype(np.float64) @ self.kernel + self.bias)),
+                    tag)
 
         self.forward.map(batches, full)
 

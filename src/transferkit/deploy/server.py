@@ -288,8 +288,20 @@ def create_app(source, *, api_key: str | None = None, limits: ServerLimits | Non
         raise ConfigError("api_key is empty; pass a non-empty key or None.")
     predictor = predictor or Predictor(source, runtime=runtime)
     # Warm up now: picks the runtime and traces the model before the first request pays for it.
-    predictor.predict_images(np.zeros((1, predictor.image_size, predictor.image_size, 3), np.float32))
-    batcher = Batcher(predictor.predict_images, max_batch, max_wait_ms, limits.max_queue)
+    scored = predictor.can_reject  # then each answer says whether the image looks unknown
+
+    def infer(images: np.ndarray) -> np.ndarray:
+        """Rows of probabilities, with the unknown score as a last column when the model has a detector."""
+        if not scored:
+            return predictor.predict_images(images)
+        probabilities, scores, _ = predictor.predict_images_with_scores(images)
+        return np.column_stack([probabilities, scores])
+
+    blank = np.zeros((1, predictor.image_size, predictor.image_size, 3), np.float32)
+    threshold = predictor.predict_images_with_scores(blank)[2] if scored else None
+    if not scored:
+        predictor.predict_images(blank)  # loads the model before the first request
+    batcher = Batcher(infer, max_batch, max_wait_ms, limits.max_queue)
     decoders = ThreadPoolExecutor(max_workers=cpu_threads(), thread_name_prefix="transferkit-decode")
     info = model_info(predictor)
 
@@ -344,10 +356,11 @@ def create_app(source, *, api_key: str | None = None, limits: ServerLimits | Non
         loop = asyncio.get_running_loop()
         images = await asyncio.gather(*(loop.run_in_executor(decoders, _decode, name, content)
                                         for name, content in uploads))
-        probabilities = await batcher.submit(list(images))
+        rows = await batcher.submit(list(images))
         names = [name for name, _ in uploads]
-        return {"predictions": [_prediction_json(p) for p in rank(names, probabilities, predictor.classes, top_k)],
-                "runtime": predictor.runtime}
+        probabilities, scores = (rows[:, :-1], rows[:, -1]) if scored else (rows, None)
+        ranked = rank(names, probabilities, predictor.classes, top_k, scores, threshold)
+        return {"predictions": [_prediction_json(p) for p in ranked], "runtime": predictor.runtime}
 
     async def _read_uploads(request: Request) -> list[tuple[str, bytes]]:
         content_type = request.headers.get("content-type", "")
@@ -415,7 +428,7 @@ DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeErr
 def _prediction_json(p) -> dict:
     answer = {"filename": p.path, "label": p.label, "confidence": p.confidence,
               "top_k": [{"label": label, "probability": prob} for label, prob in p.top_k]}
-    for key in ("unknown", "score"):  # present once Predictions carry an open-set verdict
+    for key in ("unknown", "score"):  # for models with an unknown detector
         value = getattr(p, key, None)
         if value is not None:
             answer[key] = value

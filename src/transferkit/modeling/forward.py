@@ -113,7 +113,14 @@ class OpenVINOForward:
         self._requests = [self.compiled.create_infer_request() for _ in range(jobs)]
 
     def __call__(self, images) -> list[np.ndarray]:
-        result = self._request.infer({0: np.ascontiguousarray(images, np.float32)})
+        """The outputs for one batch; a large batch is split over the device's parallel requests."""
+        images = np.ascontiguousarray(images, np.float32)
+        jobs = len(self._requests)
+        if jobs > 1 and len(images) >= 2 * jobs:
+            parts: list = []
+            self.map(((chunk, None) for chunk in np.array_split(images, jobs)), lambda outputs, _: parts.append(outputs))
+            return [np.concatenate([part[i] for part in parts]) for i in range(len(self.compiled.outputs))]
+        result = self._request.infer({0: images})
         return [np.array(result[output]) for output in self.compiled.outputs]
 
     def map(self, batches: Iterable, consume: Callable) -> None:

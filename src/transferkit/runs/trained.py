@@ -170,6 +170,16 @@ class TrainedModel:
             self.forward(first[0], compute, n, precision).map(itertools.chain([first], stream), store)
         return probabilities, features, logits
 
+    def image_features(self, images) -> tuple[np.ndarray, np.ndarray]:
+        """(pooled features, logits) of one batch of decoded images (float 0-255 at `image_size`)."""
+        from transferkit.modeling.classifier import head_layers
+        from transferkit.modeling.openset import two_class_logits
+
+        images = np.asarray(images, np.float32)
+        _, pooled, penultimate = self.forward(images, images=len(images))(images)
+        kernel, bias = (np.asarray(w, np.float64) for w in head_layers(self.model)[-1].get_weights())
+        return pooled, two_class_logits(penultimate.astype(np.float64) @ kernel + bias)
+
     def unknown_scores(self, features, logits, method: str | None = None) -> np.ndarray:
         """The run's unknown score (higher: less like the training images); needs an ood.json."""
         from transferkit.modeling import openset

@@ -161,13 +161,22 @@ def _finish(array, directory: Path | None, name: str):
     return array
 
 
+def cache_names(extractor: ViewExtractor) -> list[str]:
+    return ["pooled", "readable"] + (["boundary"] if extractor.boundary_shape else [])
+
+
+def is_complete(folder: Path, extractor: ViewExtractor) -> bool:
+    """Whether a cache folder holds every array (each is renamed into place only when written)."""
+    return all((Path(folder) / f"{n}.npy").exists() for n in cache_names(extractor))
+
+
 def cached_views(extractor: ViewExtractor, files: data.LabelledFiles, image_size: int, views: int,
                  batch_size: int, cache_dir: Path | None, key: str | None, progress=None) -> ViewArrays:
     """Load the arrays for `key` from `cache_dir`, or compute (and store) them."""
     labels = np.asarray(files.labels, np.int32)
     folder = Path(cache_dir) / key if cache_dir is not None and key else None
-    names = ["pooled", "readable"] + (["boundary"] if extractor.boundary_shape else [])
-    if folder is not None and all((folder / f"{n}.npy").exists() for n in names):
+    names = cache_names(extractor)
+    if folder is not None and is_complete(folder, extractor):
         logger.info("Reusing cached backbone activations from %s", folder)
         loaded = {n: np.load(folder / f"{n}.npy", mmap_mode="r") for n in names}
         return ViewArrays(loaded.get("boundary"), loaded["pooled"], labels, np.asarray(loaded["readable"]))

@@ -24,7 +24,7 @@ from transferkit.progress import progress_bar
 from transferkit.runs import folder as rundir
 from transferkit.runs.trained import TrainedModel
 from transferkit.settings import ResolvedSettings, parse_duration
-from transferkit.training import schedules, update
+from transferkit.training import distribute, schedules, update
 from transferkit.training.budget import FALLBACK_SIZES, BudgetPlan
 from transferkit.training.stages import Stage, run_stages
 
@@ -209,9 +209,10 @@ def plan_stages(model, resolved: ResolvedSettings, splits: dict, data_dir: Path,
     if s.cache:
         head_inputs, top_inputs = _cached_inputs(model, resolved, splits, data_dir, fine_tune_epochs, plan, verbose)
     else:
-        train_ds = data.make_dataset(*_paths_labels(splits[data.TRAIN]), resolved.image_size, s.batch_size,
-                                     shuffle=True, seed=s.seed)
-        val_ds = data.make_dataset(*_paths_labels(splits[data.VALIDATION]), resolved.image_size, s.batch_size)
+        train_ds = distribute.shard_by_data(data.make_dataset(
+            *_paths_labels(splits[data.TRAIN]), resolved.image_size, s.batch_size, shuffle=True, seed=s.seed), s.strategy)
+        val_ds = distribute.shard_by_data(data.make_dataset(
+            *_paths_labels(splits[data.VALIDATION]), resolved.image_size, s.batch_size), s.strategy)
         head_inputs = top_inputs = lambda: (model, train_ds, val_ds)  # noqa: E731 - one model, fitted twice
 
     def fine_tune_inputs():
@@ -258,6 +259,11 @@ def _cached_inputs(model, resolved: ResolvedSettings, splits: dict, data_dir: Pa
         key = cache.cache_key(files, data_dir, {**key_settings, "views": views}) if cache_dir else None
         label = f"Caching backbone activations ({views} view{'s' * (views > 1)})"
         with progress_bar(len(files) * views, label, enabled=bool(verbose)) as advance:
+            if s.engine == "ray" and key and not cache.is_complete(cache_dir / key, extractor):
+                from transferkit.training.ray_cache import extract_on_ray
+
+                extract_on_ray(build, s, len(files.classes), extractor, cut, files.paths, views, cache_dir / key,
+                               advance)
             arrays.append(cache.cached_views(extractor, files, resolved.image_size, views, s.batch_size, cache_dir,
                                              key, advance))
     train, val = arrays
@@ -323,13 +329,24 @@ def train(resolved: ResolvedSettings, data_dir, val_dir=None, out_dir: Path | No
     `loggers` are Keras callbacks that see every epoch of both stages (TensorBoard, MLflow).
     `started` (a time.perf_counter() value) is when the job began, which --time-budget counts from.
     """
-    from transferkit.modeling.backbones import find_local_weights
-    from transferkit.training.schedules import balanced_class_weights
-
     s = resolved.settings
     data_dir, val_dir, test_dir = check_folders(data_dir, val_dir)
     scanned = scan(data_dir, val_dir, test_dir, s.cache_dir, s.verbose)
     splits = split(scanned, s.val_split, s.test_split, s.seed, s.group_by)
+    with distribute.scope(s.strategy):  # multi-worker: the model and its optimisers belong to the strategy
+        trained, plan = _build_and_train(resolved, data_dir, val_dir, test_dir, scanned, splits, out_dir, resume,
+                                         loggers, parent, started)
+    if s.strategy != "default":
+        trained.model = distribute.local_copy(trained.model)
+    return trained, plan
+
+
+def _build_and_train(resolved, data_dir, val_dir, test_dir, scanned, splits, out_dir, resume, loggers, parent,
+                     started):
+    from transferkit.modeling.backbones import find_local_weights
+    from transferkit.training.schedules import balanced_class_weights
+
+    s = resolved.settings
     classes = list(splits[data.TRAIN].classes)
     if parent is not None:
         added = update.check_classes(parent, classes)
