@@ -78,14 +78,15 @@ def normalize(features) -> np.ndarray:
 
 
 def knn_score(features, bank, k: int = DEFAULT_K, chunk: int = 256) -> np.ndarray:
-    """1 - cosine similarity to the k-th nearest row of `bank` (rows L2-normalised)."""
+    """1 - cosine similarity to the k-th nearest row of `bank` (rows L2-normalised; pass float32 rows
+    when calling often: converting a float16 bank costs more than the product)."""
     f = normalize(features)
     bank = np.asarray(bank, np.float32)
     k = max(1, min(int(k), len(bank)))
     scores = np.empty(len(f))
     for start in range(0, len(f), chunk):
         similarity = f[start:start + chunk] @ bank.T
-        kth = -np.partition(-similarity, k - 1, axis=1)[:, k - 1]
+        kth = similarity.max(axis=1) if k == 1 else -np.partition(-similarity, k - 1, axis=1)[:, k - 1]
         scores[start:start + chunk] = 1.0 - kth
     return scores
 

@@ -189,7 +189,10 @@ class TrainedModel:
         method = method or self.ood["method"]
         temperature = self.temperature or 1.0
         if method == "knn":
-            return openset.knn_score(features, self.ood["bank"], int(self.ood.get("k", openset.DEFAULT_K)))
+            bank = self.__dict__.get("_bank")
+            if bank is None or bank.shape != self.ood["bank"].shape:  # float16 on disk, float32 for the product
+                bank = self.__dict__["_bank"] = np.asarray(self.ood["bank"], np.float32)
+            return openset.knn_score(features, bank, int(self.ood.get("k", openset.DEFAULT_K)))
         if method == "mahalanobis":
             return openset.mahalanobis_score(features, self.ood["means"], self.ood["precision"])
         if method == "energy":
