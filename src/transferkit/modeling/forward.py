@@ -1,8 +1,8 @@
 """Forward passes of a Keras model on the fastest runtime at hand, checked against Keras.
 
 Most of a cached training run, and all of prediction, is the backbone's forward pass.
-OpenVINO (an optional dependency) runs it several times faster than TensorFlow on a
-CPU (BENCHMARKS.md), so where it is installed the model is converted with Keras's own
+OpenVINO (a dependency; without it everything runs on TensorFlow) runs it several times
+faster than TensorFlow on a CPU (BENCHMARKS.md), so where it is installed the model is converted with Keras's own
 `model.export(format="openvino")` and compiled; before it is trusted, its outputs on a
 real batch are compared with Keras's, and on a mismatch Keras is used instead.
 
@@ -56,8 +56,8 @@ def check_compute(compute) -> str:
     if compute not in COMPUTE:
         raise ConfigError(f"compute must be one of {', '.join(COMPUTE)}, got {compute!r}.")
     if compute == "openvino" and not openvino_available():
-        raise ConfigError("compute='openvino' needs OpenVINO, which is not installed: "
-                          "pip install 'transferkit[openvino]' (or pip install openvino), or use compute='auto'.")
+        raise ConfigError("compute='openvino' needs OpenVINO, which is not installed: pip install openvino, "
+                          "or use compute='auto'.")
     return compute
 
 

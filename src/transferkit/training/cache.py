@@ -73,7 +73,7 @@ class ViewExtractor:
 
         base = backbone_of(model)
         names = [layer.name for layer in model.layers]
-        augmenter = model.get_layer("augmentation") if "augmentation" in names else None
+        self.augmenter = augmenter = model.get_layer("augmentation") if "augmentation" in names else None
         self.pool = model.get_layer("pool")
         self.base, self.cut = base, cut
         self.lower, self.upper = split_at(base, cut) if cut is not None else (base, None)
@@ -96,6 +96,17 @@ class ViewExtractor:
             return None
         return {"runtime": self.forward.runtime, "precision": self.forward.precision,
                 "description": self.forward.description, **getattr(self.forward, "check", {})}
+
+    def run(self, images: np.ndarray, augment: bool) -> tuple[np.ndarray | None, np.ndarray]:
+        """(boundary activations or None, pooled features) of one batch, augmented when asked:
+        one augmentation call, as each view of a batch is in `extract` (whose order Ray workers replay)."""
+        from transferkit.modeling.forward import fast_forward
+
+        images = self._augment(images).numpy() if augment and self._augment is not None else np.asarray(images)
+        if self.forward is None:
+            self.forward = fast_forward(self.features, images, self.compute)
+        outputs = self.forward(images)
+        return (outputs[0] if self.boundary_shape else None), outputs[-1]
 
     def extract(self, paths: Sequence[str], image_size: int, views: int, batch_size: int,
                 boundary_out: np.ndarray | None, pooled_out: np.ndarray, progress=None) -> np.ndarray:

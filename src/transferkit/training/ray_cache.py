@@ -7,7 +7,8 @@ folder's arrays; training then reads that folder as a local cache under the same
 
 The augmented views equal the local ones: Keras's random layers draw from a seed and a
 counter that each call advances by a fixed step, so an actor sets the counter a batch would
-have had locally ((v - 1) x batches + k calls) before drawing for it.
+have had locally (k x (views - 1) + v - 1 calls: the local pass decodes batch k once and draws its
+views 1.. in turn) before drawing for it.
 """
 
 from __future__ import annotations
@@ -38,14 +39,14 @@ class ViewWorker:
             pass
         resolved = settings.resolve()
         self.image_size = resolved.image_size
-        self.extractor = ViewExtractor(build(resolved, num_classes), cut)
+        self.extractor = ViewExtractor(build(resolved, num_classes), cut, "tensorflow")
         augmenter = self.extractor.augmenter
         self.counters = [v for v in (augmenter.variables if augmenter is not None else [])
                          if "seed_generator_state" in v.path]
         self.start = [np.asarray(v.numpy()) for v in self.counters]
         self.step = [np.zeros_like(s) for s in self.start]
         if self.counters:  # measure each generator's step on one call, then rewind
-            self.extractor._run(np.zeros((1, self.image_size, self.image_size, 3), np.float32), True)
+            self.extractor.run(np.zeros((1, self.image_size, self.image_size, 3), np.float32), True)
             self.step = [np.asarray(v.numpy()) - s for v, s in zip(self.counters, self.start)]
             self._rewind(0)
 
@@ -59,14 +60,14 @@ class ViewWorker:
         except Exception:  # noqa: BLE001 - as in the local pass: zeros, flagged unreadable
             return np.zeros((self.image_size, self.image_size, 3), np.uint8), False
 
-    def run(self, view: int, index: int, batches: int, paths: Sequence[str]):
+    def run(self, view: int, index: int, views: int, paths: Sequence[str]):
         decoded = [self._decode(p) for p in paths]
         images = np.stack([image for image, _ in decoded]).astype(np.float32)
-        if view > 0:
-            self._rewind((view - 1) * batches + index)
-        boundary, pooled = self.extractor._run(images, view > 0)
-        boundary = boundary.numpy().astype(np.float16) if self.extractor.boundary_shape else None
-        return view, index, boundary, pooled.numpy(), np.array([ok for _, ok in decoded])
+        if view > 0:  # the local pass draws views 1.. of batch 0, then of batch 1, ...
+            self._rewind(index * (views - 1) + view - 1)
+        boundary, pooled = self.extractor.run(images, view > 0)
+        boundary = boundary.astype(np.float16) if boundary is not None else None
+        return view, index, boundary, pooled, np.array([ok for _, ok in decoded])
 
 
 def extract_on_ray(build, settings: Settings, num_classes: int, extractor, cut: int | None, paths: Sequence[str],
@@ -92,7 +93,7 @@ def extract_on_ray(build, settings: Settings, num_classes: int, extractor, cut: 
         boundary = (_allocate((n, views, *extractor.boundary_shape), np.float16, folder, "boundary")
                     if extractor.boundary_shape else None)
         readable = np.ones(n, bool)
-        jobs = [(v, k, batches, list(paths[k * size:(k + 1) * size])) for v in range(views) for k in range(batches)]
+        jobs = [(v, k, views, list(paths[k * size:(k + 1) * size])) for k in range(batches) for v in range(views)]
         for view, index, part_boundary, part_pooled, ok in pool.map_unordered(
                 lambda a, job: a.run.remote(*job), jobs):
             rows = slice(index * size, index * size + len(ok))
