@@ -96,6 +96,7 @@ class Predictor:
         self.conversion: dict | None = None  # set when a run folder was converted to TFLite here
         self._trained = None
         self._runtime = None
+        self._no_openvino = False
         if kind == "run":
             self._meta = TrainedModel.load(source, with_model=False)  # classes, calibration, detector
             self.classes, self.image_size = self._meta.classes, self._meta.image_size
@@ -151,9 +152,10 @@ class Predictor:
         """The run's OpenVINO copy (`RUN/openvino/`, made and checked by `train`), when allowed and at hand."""
         if isinstance(self._runtime, OpenVINORuntime):
             return self._runtime
-        if self._runtime is not None or self.requested_runtime not in ("auto", "openvino"):
+        if self._runtime is not None or self.requested_runtime not in ("auto", "openvino") or self._no_openvino:
             return None
         copy = openvino_copy(self.source)
+        self._no_openvino = copy is None  # looked up once: the digest check reads all of model.keras
         if copy is not None:
             self._runtime = OpenVINORuntime(*copy, precision=self._openvino_precision(), num_threads=self.num_threads)
         elif self.requested_runtime == "openvino":
