@@ -152,16 +152,16 @@ class Predictor:
         """The run's OpenVINO copy (`RUN/openvino/`, made and checked by `train`), when allowed and at hand."""
         if isinstance(self._runtime, OpenVINORuntime):
             return self._runtime
-        if self._runtime is not None or self.requested_runtime not in ("auto", "openvino") or self._no_openvino:
+        if self._runtime is not None or self.requested_runtime not in ("auto", "openvino"):
             return None
-        copy = openvino_copy(self.source)
+        copy = None if self._no_openvino else openvino_copy(self.source)
         self._no_openvino = copy is None  # looked up once: the digest check reads all of model.keras
-        if copy is not None:
-            self._runtime = OpenVINORuntime(*copy, precision=self._openvino_precision(), num_threads=self.num_threads)
-        elif self.requested_runtime == "openvino":
+        if copy is None and self.requested_runtime == "openvino":
             raise ConfigError(
                 f"'{self.source}' has no OpenVINO copy of its model ('{rundir.OPENVINO_DIR}/', written by `train` "
                 "when OpenVINO is installed: pip install openvino, then train again); use runtime 'auto'.")
+        if copy is not None:
+            self._runtime = OpenVINORuntime(*copy, precision=self._openvino_precision(), num_threads=self.num_threads)
         return self._runtime
 
     def _openvino_precision(self) -> str:
