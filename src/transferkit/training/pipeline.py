@@ -269,6 +269,7 @@ def _cached_inputs(model, resolved: ResolvedSettings, splits: dict, data_dir: Pa
     train, val = arrays
     plan.backbone_images = extractor.images_processed
     plan.cache_runtime = extractor.runtime
+    extractor.forward = None  # its compiled model (and the device memory it holds) is not needed again
 
     def batches(kind):
         return (cache.ViewBatches(getattr(train, kind), train, s.batch_size, shuffle=True, seed=s.seed),
