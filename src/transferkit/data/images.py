@@ -81,8 +81,8 @@ def _load_or_flag(path: bytes, size: np.int64) -> tuple[np.ndarray, bool]:
 
 
 def decoded_batches(paths: Sequence[str], image_size: int, batch_size: int, workers: int | None = None,
-                    ahead: int = 4) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(float32 images (n, size, size, 3) in 0-255, readable flags (n,)) per batch, in order, without TensorFlow.
+                    ahead: int = 4, dtype=np.float32) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(images (n, size, size, 3) in 0-255 as `dtype`, readable flags (n,)) per batch, in order, without TensorFlow.
 
     The same decoder as `make_dataset` on a thread pool (Pillow releases the GIL while it
     decodes and resizes), at most `ahead` batches in flight, so memory stays bounded and
@@ -93,7 +93,7 @@ def decoded_batches(paths: Sequence[str], image_size: int, batch_size: int, work
 
     def decode_batch(chunk):
         decoded = [_load_or_flag(str(path).encode(), image_size) for path in chunk]
-        return (np.stack([image for image, _ in decoded]).astype(np.float32),
+        return (np.stack([image for image, _ in decoded]).astype(dtype, copy=False),
                 np.array([ok for _, ok in decoded], bool))
 
     workers = workers or max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2))

@@ -219,7 +219,8 @@ class OpenVINORuntime:
     def __init__(self, folder: Path, info: dict, precision: str = "f32", num_threads: int | None = None):
         from transferkit.modeling.forward import OpenVINOForward
 
-        self.forward = OpenVINOForward(folder / info["xml"], precision, num_threads)
+        self.forward = OpenVINOForward(folder / info["xml"], precision, num_threads, uint8_input=True)
+        self.input_dtype = np.uint8  # decoded pixels go in as they are
         with np.load(folder / rundir.OPENVINO_HEAD) as head:
             self.kernel, self.bias = head["kernel"].astype(np.float64), head["bias"].astype(np.float64)
         self.image_size = int(self.forward.compiled.inputs[0].get_partial_shape()[1].get_length())
@@ -317,7 +318,8 @@ def run_files(runtime, paths, image_size: int, consume, batch_size: int | None =
         def batches():
             nonlocal readable
             row = 0
-            for images, ok in data.decoded_batches(list(paths), image_size, batch_size):
+            dtype = getattr(runtime, "input_dtype", np.float32)
+            for images, ok in data.decoded_batches(list(paths), image_size, batch_size, dtype=dtype):
                 readable += int(ok.sum())
                 yield images, (row, ok)
                 row += len(ok)
