@@ -165,9 +165,9 @@ def test_app_in_a_browser(tmp_path):
                                "document.querySelector('[data-test=state]').textContent === 'running'", timeout=90_000)
         live_epoch = int(page.locator("[data-test=epoch]").inner_text())
         expect(page.locator("[data-test=state]")).to_have_text("finished", timeout=90_000)
-        expect(page.locator("[data-test=epoch]")).to_have_text("11")
-        assert 1 <= live_epoch < 11  # the counter advanced while it trained
-        assert page.evaluate("document.body.dataset.chartPoints") == "11"
+        final_epoch = int(page.locator("[data-test=epoch]").inner_text())  # 11, or fewer if stage 1 stopped early
+        assert 2 <= final_epoch <= 11 and 1 <= live_epoch <= final_epoch  # seen while the worker ran
+        assert page.evaluate("document.body.dataset.chartPoints") == str(final_epoch)
         assert page.locator("[data-test=loss-chart] .u-title").count() == 1  # one chart, redrawn in place
         expect(page.locator("[data-test=val-accuracy]")).to_contain_text("%")
         card = page.locator(".card.progress").bounding_box()
@@ -217,7 +217,11 @@ def test_app_in_a_browser(tmp_path):
     assert saved.suffix == ".tflite"
     downloaded = Predictor(saved)  # the class names travel inside the file
     assert downloaded.classes == ["alpaca", "not alpaca"] and downloaded.image_size == 96
-    assert downloaded.predict([held_out], reject=False)[0].label == shown_label  # the app's answer
+    exported = downloaded.predict([held_out], top_k=2, reject=False)[0]
+    if shares[0] - shares[1] > 2:  # a near tie may fall either way between two runtimes
+        assert exported.label == shown_label  # the app's answer
+    # calibrated like the app's bars, from the metadata inside the file (it came without its sidecar)
+    assert abs(100 * dict(exported.top_k)[shown_label] - shares[0]) < 2
     # A restarted app shows the run as it is on disk.
     from fastapi.testclient import TestClient
 
@@ -225,6 +229,6 @@ def test_app_in_a_browser(tmp_path):
 
     with TestClient(create_app(workspace)) as client:
         runs = client.get("/api/projects/alpacas/runs").json()["runs"]
-    assert [r["state"] for r in runs] == ["finished"] and runs[0]["epoch"] == 11
+    assert [r["state"] for r in runs] == ["finished"] and runs[0]["epoch"] == final_epoch
     assert checksums(ALPACA) == shared_before  # uploads never wrote into the source folders
     print(f"browser test took {time.perf_counter() - started:.1f} s")

@@ -28,7 +28,8 @@ from transferkit import data
 from transferkit.runs import folder as rundir
 from transferkit.deploy.runtimes import (
     RUNTIMES, KerasRuntime, OpenVINORuntime, TFLiteRuntime, check_onnxruntime, classes_of_export, cpu_threads,
-    export_kind, open_export, openvino_copy, predict_files, read_export_info, run_files,
+    export_kind, open_export, openvino_copy, predict_files, read_export_info, read_onnx_metadata,
+    read_tflite_metadata, run_files,
 )
 from transferkit.errors import ConfigError, DataError, RunDirError, TransferkitError
 from transferkit.analysis.ood import check_accept_rate
@@ -247,7 +248,13 @@ class Predictor:
         return ((self._export_info() or {}).get("calibration") or {}).get("temperature")
 
     def _export_info(self) -> dict | None:
-        return read_export_info(self.source) if self.kind != "run" else None
+        """An export's export.json, else (a file copied without its sidecar) the metadata embedded in it."""
+        if self.kind == "run":
+            return None
+        if "_info" not in self.__dict__:
+            embedded = {"tflite": read_tflite_metadata, "onnx": read_onnx_metadata}.get(self.kind)
+            self._info = read_export_info(self.source) or (embedded(self.source) if embedded else None)
+        return self._info
 
     @property
     def can_reject(self) -> bool:
