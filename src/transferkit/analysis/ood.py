@@ -98,7 +98,6 @@ def _measure_bf16(trained: TrainedModel, files: data.LabelledFiles, val: Feature
     if trained.openvino_forward() is None:
         return
     _, features, logits = trained.predict_outputs(list(files.paths), batch_size, precision="bf16")
-    trained.__dict__.get("_precisions", {}).clear()  # the bf16 compilation was only for this measurement
     ok = ~np.isnan(logits).any(axis=1)
     if ok.sum() != len(val.labels):
         return

@@ -106,9 +106,7 @@ def _train_on_ray(settings: dict, data_dir, val_dir, out_dir: Path, overwrite: b
     from transferkit.runs.folder import check_output_dir, read_config
     from transferkit.settings import Settings
 
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ConfigError(f"--workers must be a positive integer, got {workers!r}.")
-    Settings(**settings).validate()  # e.g. --no-cache, before any worker starts
+    Settings(**settings).validate()  # --workers, --no-cache, ... before any worker starts
     check_output_dir(out_dir, overwrite)
     started = init_ray(address)
     ray = check_ray()

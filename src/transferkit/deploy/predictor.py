@@ -133,21 +133,21 @@ class Predictor:
             return self._runtime
         if self._openvino_runtime() is not None:
             return self._runtime
-        if self.requested_runtime in ("auto", "tflite"):
-            tflite = self._checked_tflite_copy()
-            convert = self.requested_runtime == "tflite" or n_images >= CONVERT_MIN_IMAGES
-            if tflite is None and convert:
-                tflite = self._convert_to_cache(paths)
-            if tflite is not None:
-                self._runtime = TFLiteRuntime(tflite, self.num_threads)
-                return self._runtime
-            if self.requested_runtime == "tflite":
-                raise ConfigError(
-                    f"No TFLite copy of '{self.source}' agrees with its Keras model (see the warning above); "
-                    "use runtime 'keras' or 'auto'."
-                )
-        self._runtime = KerasRuntime(self.trained.model)
+        tflite = self._tflite_copy(n_images, paths)
+        self._runtime = TFLiteRuntime(tflite, self.num_threads) if tflite else KerasRuntime(self.trained.model)
         return self._runtime
+
+    def _tflite_copy(self, n_images: int, paths: Sequence[str]) -> Path | None:
+        """The checked float TFLite copy a call of `n_images` uses: found, or converted now where that pays."""
+        if self.requested_runtime not in ("auto", "tflite"):
+            return None
+        tflite = self._checked_tflite_copy()
+        if tflite is None and (self.requested_runtime == "tflite" or n_images >= CONVERT_MIN_IMAGES):
+            tflite = self._convert_to_cache(list(paths))
+        if tflite is None and self.requested_runtime == "tflite":
+            raise ConfigError(f"No TFLite copy of '{self.source}' agrees with its Keras model (see the warning "
+                              "above); use runtime 'keras' or 'auto'.")
+        return tflite
 
     def _openvino_runtime(self) -> OpenVINORuntime | None:
         """The run's OpenVINO copy (`RUN/openvino/`, made and checked by `train`), when allowed and at hand."""
@@ -267,22 +267,15 @@ class Predictor:
                             accept_rate: float | None = None, threshold: float | None = None):
         """(probabilities, unknown scores, threshold): scores/threshold None without a detector.
 
-        A run folder's score needs the pooled features, so this runs its Keras model (one pass for both).
+        A run folder's score needs the pooled features: one pass of its OpenVINO copy, else of its Keras
+        model, gives them with the logits.
         """
-        from transferkit.modeling import openset
-
         check_rejection(accept_rate, threshold)
         paths = [str(p) for p in paths]
         if not self.can_reject:
             return self.predict_proba(paths, batch_size), None, None
         if self.kind != "run":
-            probabilities = self.predict_proba(paths, batch_size)
-            unknown = self._export_info()["unknown"]
-            scores = openset.msp_score(probabilities)
-            if threshold is None:
-                threshold = (openset.threshold_for(unknown["val_scores"], accept_rate) if accept_rate is not None
-                             else float(unknown["threshold"]))
-            return probabilities, scores, float(threshold)
+            return self._export_scores(self.predict_proba(paths, batch_size), accept_rate, threshold)
         started = time.perf_counter()
         runtime = self._openvino_runtime()
         if runtime is None:  # the unknown score needs the Keras model's pooled features
@@ -296,6 +289,16 @@ class Predictor:
             return result
         features, logits, self.last_stats = self._openvino_outputs(runtime, paths, batch_size)
         return score_outputs(self._meta, features, logits, accept_rate, threshold, runtime.forward.precision)
+
+    def _export_scores(self, probabilities: np.ndarray, accept_rate: float | None, threshold: float | None):
+        """An export's unknown verdict: max-softmax, with the threshold its metadata carries."""
+        from transferkit.modeling import openset
+
+        unknown = self._export_info()["unknown"]
+        if threshold is None:
+            threshold = (openset.threshold_for(unknown["val_scores"], accept_rate) if accept_rate is not None
+                         else float(unknown["threshold"]))
+        return probabilities, openset.msp_score(probabilities), float(threshold)
 
     def _openvino_outputs(self, runtime: OpenVINORuntime, paths: Sequence[str], batch_size: int | None):
         """(pooled features, logits, stats) of the OpenVINO copy, NaN rows for unreadable files."""
@@ -315,17 +318,10 @@ class Predictor:
                                    threshold: float | None = None):
         """`predict_with_scores` on images already decoded by `data.load_image` (workers that decode
         themselves): the same probabilities, scores and threshold as the path-based call."""
-        from transferkit.modeling import openset
-
-        if self.kind != "run" or not self.can_reject:
-            probabilities = self.predict_images(images)
-            if not self.can_reject:
-                return probabilities, None, None
-            unknown = self._export_info()["unknown"]
-            if threshold is None:
-                threshold = (openset.threshold_for(unknown["val_scores"], accept_rate) if accept_rate is not None
-                             else float(unknown["threshold"]))
-            return probabilities, openset.msp_score(probabilities), float(threshold)
+        if not self.can_reject:
+            return self.predict_images(images), None, None
+        if self.kind != "run":
+            return self._export_scores(self.predict_images(images), accept_rate, threshold)
         runtime = self._openvino_runtime()
         if runtime is not None:
             _, features, logits = runtime.outputs(images)
@@ -341,15 +337,7 @@ class Predictor:
         the Keras model is not loaded for it."""
         if self.kind != "run":
             return self.kind
-        if self.requested_runtime == "keras":
-            return "keras"
-        copy = self._checked_tflite_copy()
-        if copy is None and (self.requested_runtime == "tflite" or n_images >= CONVERT_MIN_IMAGES):
-            copy = self._convert_to_cache(list(sample_paths))
-        if copy is None and self.requested_runtime == "tflite":
-            raise ConfigError(f"No TFLite copy of '{self.source}' agrees with its Keras model (see the warning "
-                              "above); use runtime 'keras' or 'auto'.")
-        return "tflite" if copy is not None else "keras"
+        return "tflite" if self._tflite_copy(n_images, sample_paths) is not None else "keras"
 
     def predict(self, inputs, top_k: int = 1, batch_size: int | None = None, *, reject: bool = True,
                 accept_rate: float | None = None, threshold: float | None = None) -> list:

@@ -220,9 +220,9 @@ class OpenVINORuntime:
         from transferkit.modeling.forward import OpenVINOForward
 
         self.forward = OpenVINOForward(folder / info["xml"], precision, num_threads, uint8_input=True)
-        self.input_dtype = np.uint8  # decoded pixels go in as they are
+        self.input_dtype = self.forward.input_dtype  # decoded pixels go in as they are
         with np.load(folder / rundir.OPENVINO_HEAD) as head:
-            self.kernel, self.bias = head["kernel"].astype(np.float64), head["bias"].astype(np.float64)
+            self.kernel, self.bias = head["kernel"], head["bias"]
         self.image_size = int(self.forward.compiled.inputs[0].get_partial_shape()[1].get_length())
         self.description = self.forward.description
 
@@ -232,22 +232,19 @@ class OpenVINORuntime:
     def map(self, batches, consume) -> None:
         self.forward.map(batches, lambda outputs, tag: consume(outputs[0], tag))
 
+    def _with_logits(self, outputs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        from transferkit.modeling.openset import head_logits
+
+        probabilities, pooled, penultimate = outputs
+        return probabilities, pooled, head_logits(penultimate, self.kernel, self.bias)
+
     def outputs(self, images) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(probabilities, pooled features, logits) of one batch of decoded images."""
-        from transferkit.modeling.openset import two_class_logits
-
-        probabilities, pooled, penultimate = self.forward(images)
-        return probabilities, pooled, two_class_logits(penultimate.astype(np.float64) @ self.kernel + self.bias)
+        return self._with_logits(self.forward(images))
 
     def map_outputs(self, batches, consume) -> None:
         """`consume((probabilities, pooled, logits), tag)`; logits in float64, two-class ones as two columns."""
-        from transferkit.modeling.openset import two_class_logits
-
-        def full(outputs, tag):
-            consume((outputs[0], outputs[1], two_class_logits(outputs[2].astype(np.float64) @ self.kernel + self.bias)),
-                    tag)
-
-        self.forward.map(batches, full)
+        self.forward.map(batches, lambda outputs, tag: consume(self._with_logits(outputs), tag))
 
 
 def openvino_copy(run_dir: Path) -> tuple[Path, dict] | None:

@@ -298,9 +298,7 @@ def create_app(source, *, api_key: str | None = None, limits: ServerLimits | Non
         return np.column_stack([probabilities, scores])
 
     blank = np.zeros((1, predictor.image_size, predictor.image_size, 3), np.float32)
-    threshold = predictor.predict_images_with_scores(blank)[2] if scored else None
-    if not scored:
-        predictor.predict_images(blank)  # loads the model before the first request
+    threshold = predictor.predict_images_with_scores(blank)[2]  # loads the model; None without a detector
     batcher = Batcher(infer, max_batch, max_wait_ms, limits.max_queue)
     decoders = ThreadPoolExecutor(max_workers=cpu_threads(), thread_name_prefix="transferkit-decode")
     info = model_info(predictor)

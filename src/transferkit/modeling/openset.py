@@ -28,6 +28,12 @@ def to_class_probabilities(model_output, num_classes: int) -> np.ndarray:
     return output
 
 
+
+def head_logits(penultimate, kernel, bias) -> np.ndarray:
+    """Logits of the final Dense layer from its input, in float64; two-class ones as two columns."""
+    return two_class_logits(np.asarray(penultimate, np.float64) @ np.asarray(kernel, np.float64)
+                            + np.asarray(bias, np.float64))
+
 EPSILON = 1e-12
 METHODS = ("knn", "mahalanobis", "energy", "msp")
 DEFAULT_METHOD = "knn"

@@ -108,13 +108,9 @@ class TrainedModel:
         from transferkit.modeling.classifier import inference_model
         from transferkit.modeling.forward import OpenVINOForward, compute_for, fast_forward
 
-        if precision != "f32":
+        if precision != "f32":  # compiled for this one pass (a fraction of a second), then freed
             base = self.openvino_forward()
-            if base is None:
-                return None
-            if (base, precision) not in self.__dict__.setdefault("_precisions", {}):
-                self._precisions[(base, precision)] = OpenVINOForward(base.xml_path, precision)
-            return self._precisions[(base, precision)]
+            return OpenVINOForward(base.xml_path, precision) if base is not None else None
         compute = compute or self.params.get("compute", "auto")
         cached = self.__dict__.setdefault("_forwards", {})
         if compute not in cached:  # a conversion made earlier serves any later pass
@@ -137,15 +133,14 @@ class TrainedModel:
     def predict_outputs(self, paths: Sequence[str], batch_size: int = 32, verbose: bool = False,
                         compute: str | None = None, precision: str = "f32") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(uncalibrated probabilities, pooled features, logits) of image files in one pass; NaN rows where unreadable."""
-        from transferkit.modeling.classifier import head_layers
-        from transferkit.modeling.openset import to_class_probabilities, two_class_logits
+        from transferkit.modeling.openset import head_logits, to_class_probabilities
 
         paths = [str(p) for p in paths]
         n, classes = len(paths), len(self.classes)
         dim = int(self.model.get_layer("pool").output.shape[-1])
         probabilities, logits = np.full((n, classes), np.nan), np.full((n, classes), np.nan)
         features = np.full((n, dim), np.nan, np.float32)
-        kernel, bias = (np.asarray(w, np.float64) for w in head_layers(self.model)[-1].get_weights())
+        kernel, bias = self.head_weights()
         if not paths:
             return probabilities, features, logits
 
@@ -154,7 +149,7 @@ class TrainedModel:
             rows = np.arange(row, row + len(ok))[ok]
             probabilities[rows] = to_class_probabilities(outputs[0], classes)[ok]
             features[rows] = outputs[1][ok]
-            logits[rows] = two_class_logits(outputs[2].astype(np.float64) @ kernel + bias)[ok]
+            logits[rows] = head_logits(outputs[2], kernel, bias)[ok]
             advance(len(ok))
 
         def batches():
@@ -172,13 +167,18 @@ class TrainedModel:
 
     def image_features(self, images) -> tuple[np.ndarray, np.ndarray]:
         """(pooled features, logits) of one batch of decoded images (float 0-255 at `image_size`)."""
-        from transferkit.modeling.classifier import head_layers
-        from transferkit.modeling.openset import two_class_logits
+        from transferkit.modeling.openset import head_logits
 
         images = np.asarray(images, np.float32)
         _, pooled, penultimate = self.forward(images, images=len(images))(images)
-        kernel, bias = (np.asarray(w, np.float64) for w in head_layers(self.model)[-1].get_weights())
-        return pooled, two_class_logits(penultimate.astype(np.float64) @ kernel + bias)
+        return pooled, head_logits(penultimate, *self.head_weights())
+
+    def head_weights(self) -> tuple[np.ndarray, np.ndarray]:
+        """(kernel, bias) of the final Dense layer: the logits from the penultimate features."""
+        from transferkit.modeling.classifier import head_layers
+
+        kernel, bias = head_layers(self.model)[-1].get_weights()
+        return np.asarray(kernel), np.asarray(bias)
 
     def unknown_scores(self, features, logits, method: str | None = None) -> np.ndarray:
         """The run's unknown score (higher: less like the training images); needs an ood.json."""
@@ -263,12 +263,10 @@ class TrainedModel:
         with the head's weights, so prediction needs neither a conversion nor TensorFlow."""
         import shutil
 
-        from transferkit.modeling.classifier import head_layers
-
         forward = self.openvino_forward()
         if forward is None:
             return
-        kernel, bias = head_layers(self.model)[-1].get_weights()
+        kernel, bias = self.head_weights()
         target = run_dir / rundir.OPENVINO_DIR
         with atomic_folder(target) as tmp:
             for name in (forward.xml_path.name, forward.xml_path.with_suffix(".bin").name):

@@ -97,14 +97,21 @@ class ViewExtractor:
         return {"runtime": self.forward.runtime, "precision": self.forward.precision,
                 "description": self.forward.description, **getattr(self.forward, "check", {})}
 
-    def run(self, images: np.ndarray, augment: bool) -> tuple[np.ndarray | None, np.ndarray]:
-        """(boundary activations or None, pooled features) of one batch, augmented when asked:
-        one augmentation call, as each view of a batch is in `extract` (whose order Ray workers replay)."""
+    def _view(self, images, augment: bool) -> np.ndarray:
+        """One view of a decoded batch (one augmentation call when augmented); the first one seen
+        picks the runtime, checked against Keras on it."""
         from transferkit.modeling.forward import fast_forward
 
         images = self._augment(images).numpy() if augment and self._augment is not None else np.asarray(images)
         if self.forward is None:
             self.forward = fast_forward(self.features, images, self.compute)
+            logger.info("Backbone activations computed with %s", self.forward.description)
+        return images
+
+    def run(self, images: np.ndarray, augment: bool) -> tuple[np.ndarray | None, np.ndarray]:
+        """(boundary activations or None, pooled features) of one batch, augmented when asked:
+        one augmentation call, as each view of a batch is in `extract` (whose order Ray workers replay)."""
+        images = self._view(images, augment)  # sets self.forward on the first batch
         outputs = self.forward(images)
         return (outputs[0] if self.boundary_shape else None), outputs[-1]
 
@@ -114,8 +121,6 @@ class ViewExtractor:
 
         Returns which images could be decoded.
         """
-        from transferkit.modeling.forward import fast_forward
-
         dataset = data.make_dataset(paths, None, image_size, batch_size, drop_unreadable=False)
         readable = np.ones(len(paths), bool)
 
@@ -124,11 +129,7 @@ class ViewExtractor:
             for decoded, ok in dataset:
                 readable[row : row + len(ok)] &= ok.numpy()
                 for view in range(views):
-                    images = self._augment(decoded) if view > 0 and self._augment is not None else decoded
-                    images = images.numpy()
-                    if self.forward is None:
-                        self.forward = fast_forward(self.features, images, self.compute)
-                        logger.info("Backbone activations computed with %s", self.forward.description)
+                    images = self._view(decoded, view > 0)
                     yield images, (row, len(images), view)
                 row += len(ok)
 
