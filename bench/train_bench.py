@@ -56,6 +56,9 @@ metric = keras.metrics.BinaryAccuracy(threshold=0.0) if classes == 2 else keras.
 model.compile(optimizer=keras.optimizers.Adam(1e-5), loss=loss, metrics=[metric])
 second = model.fit(train, validation_data=val, epochs=20, initial_epoch=10, verbose=2)
 key = [k for k in second.history if k.startswith("val_") and "acc" in k][0]
+if len(sys.argv) > 3:  # a test folder: scored once, after training
+    test = keras.utils.image_dataset_from_directory(sys.argv[3], image_size=(160, 160), batch_size=32, shuffle=False)
+    print(json.dumps({"test_accuracy": model.evaluate(test, verbose=0, return_dict=True)[key[4:]]}))
 print(json.dumps({"val_accuracy_stage1": first.history[key][-1], "val_accuracy": second.history[key][-1],
                   "train_images": sum(len(y) for _, y in train.unbatch().batch(4096)),
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))

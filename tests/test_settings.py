@@ -45,7 +45,7 @@ def test_splits_must_leave_training_images():
 
 def test_defaults_are_valid_and_resolve_per_backbone():
     resolved = Settings().resolve()
-    assert resolved.image_size == 160 and resolved.fine_tune_at == 100
+    assert resolved.image_size == 224 and resolved.fine_tune_at == 100
     assert resolved.fine_tune_learning_rate == pytest.approx(Settings().learning_rate / 10)
     assert Settings(backbone="mobilenet", image_size=128).resolve().image_size == 128
 

@@ -43,8 +43,8 @@ _SPLITS = {"train_files_": data.TRAIN, "val_files_": data.VALIDATION, "test_file
 class ImageClassifier:
     """Transfer-learned image classifier for a folder of class sub-folders.
 
-    Stage 1 trains a new head on a frozen ImageNet backbone; stage 2 unfreezes the
-    backbone from `fine_tune_at` up and fine-tunes at `fine_tune_learning_rate`.
+    Stage 1 fits a new head on a frozen ImageNet backbone (a cross-validated logistic regression by
+    default); stage 2 (`fine_tune_epochs`) unfreezes the top from `fine_tune_at` and fine-tunes it.
     Every keyword is a field of `transferkit.settings.Settings` (see there for
     defaults, ranges and meaning); `None` settings are filled in at fit time.
     """
@@ -123,7 +123,8 @@ class ImageClassifier:
             self.trained_ = trained
             self.cached_views_, self.backbone_images_processed_ = plan.cached_views, plan.backbone_images
             # temperature and unknown detector, from the run's own split (see `analysis.ood`)
-            held_out = None if trained.results["interrupted"] else fit_open_set(trained, batch_size=self.batch_size)
+            held_out = None if trained.results["interrupted"] else fit_open_set(trained, batch_size=self.batch_size,
+                                                                                outputs=plan.plain_outputs())
             if len(trained.splits[data.TEST]):
                 test = self.evaluate(split="test")
                 trained.results.update(test_images=test["images"], test_accuracy=test["accuracy"])

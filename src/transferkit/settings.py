@@ -141,7 +141,7 @@ class Settings:
 
     backbone: str = setting("mobilenet_v2", "Pretrained CNN (see `transferkit backbones`).", MODEL, TEXT)
     image_size: int | None = setting(
-        None, "Square input size in px (default: the backbone's, 160 for mobilenet_v2).", DATA, Interval(int, 1))
+        None, "Square input size in px (default: the backbone's, 224 for mobilenet_v2).", DATA, Interval(int, 1))
     weights: str = setting(
         "imagenet", "'imagenet' (local file first, then Keras download), 'none', or a weights file path.", MODEL, TEXT)
     weights_dir: str | None = setting(
@@ -150,10 +150,16 @@ class Settings:
         "standard", "Augmentation preset: none, light, standard, strong.", AUG,
         InstanceOf((str, dict, Augmentation), "a preset name, a dict of transforms or an Augmentation"))
     epochs: int | None = setting(
-        None, "Stage-1 (head) epochs; default: enough for ~300 optimisation steps, 10-50.", TRAIN, POSITIVE_INT)
+        None, "Stage-1 (head) epochs of Adam (implies --head-solver adam); default: enough for ~300 optimisation "
+        "steps, 10-50.", TRAIN, POSITIVE_INT)
     learning_rate: float = setting(1e-3, "Stage-1 Adam learning rate.", TRAIN, POSITIVE)
+    head_solver: str = setting(
+        "lbfgs", "Stage 1: 'lbfgs' fits the classifier layer as a logistic regression on the cached un-augmented "
+        "features, its L2 strength chosen by cross-validation (scikit-learn); 'adam': --epochs of Adam on augmented "
+        "views (always with --epochs, --hidden-units, --no-cache or --from).", TRAIN, OneOf(("lbfgs", "adam")))
     fine_tune_epochs: int | None = setting(
-        None, "Stage-2 epochs (0 skips fine-tuning); default: enough for ~100 steps, 2-15.", TRAIN, COUNT)
+        None, "Stage-2 epochs (0 skips fine-tuning); default: 0 on the solved head, else enough for ~100 steps, "
+        "2-15.", TRAIN, COUNT)
     fine_tune_learning_rate: float | None = setting(
         None, "Stage-2 learning rate (default: a tenth of --learning-rate).", TRAIN, POSITIVE)
     fine_tune_at: int | str | None = setting(
@@ -168,7 +174,7 @@ class Settings:
         0.2, "Fraction of each class held out for validation.", DATA, Interval(float, 0, 1, "neither"))
     group_by: str | None = setting(
         None, "Keep files of one group on the same side of every split: 'auto' (series: a shared name prefix "
-        "and a counter, e.g. rock01-004.png) or a regular expression on file names (its first group is the key).",
+        "and a counter, e.g. rock01-004.png) or a regular expression on file names (its first group is the key); 'none' (default) splits file by file.",
         DATA, TEXT)
     test_split: float = setting(
         0.0, "Fraction of each class held out as a test set, scored once after training.", DATA,
@@ -183,7 +189,8 @@ class Settings:
         True, "Train on cached backbone activations of a few augmented views per image (fast); "
         "--no-cache runs the plain recipe.", TRAIN, BOOL)
     cached_views: int | None = setting(
-        None, "Views per training image in the cache, view 0 un-augmented (default: enough for ~2000 samples, 2-8).",
+        None, "Views per training image in the cache, view 0 un-augmented (default: 1 for the solved head alone, "
+        "else enough for ~2000 samples, 2-8).",
         TRAIN, POSITIVE_INT)
     strategy: str = setting(
         "default", "'multi-worker': train on the machines named in TF_CONFIG "

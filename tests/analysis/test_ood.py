@@ -55,3 +55,23 @@ def test_image_classifier_predict_carries_unknown_and_score(rps_run, alpaca_phot
     assert any(p.unknown for p in mine)
     np.testing.assert_allclose([p.score for p in mine], [p.score for p in theirs], atol=1e-5)
     assert all(p.unknown is None and p.score is None for p in classifier.predict(alpaca_photos[:2], reject=False))
+
+
+def test_detector_fitted_from_the_cache_matches_a_pass_over_the_files(rps_run):
+    """Training fits the detector and temperature on its cached un-augmented views (no second decode):
+    they must be the features and logits a pass over the files gives with the final weights."""
+    from transferkit.analysis.ood import features_of
+    from transferkit.runs.trained import TrainedModel
+
+    _, run_dir = rps_run
+    trained = TrainedModel.load(run_dir)
+    bank = np.asarray(trained.ood["bank"], np.float32)
+    passed = features_of(trained, trained.split("train"))
+    assert bank.shape == passed.features.shape
+    from transferkit.modeling.openset import normalize
+
+    cosine = np.sum(bank * normalize(passed.features), axis=1)
+    assert cosine.min() > 0.99, cosine.min()
+    val = features_of(trained, trained.split("validation"))
+    scores = np.sort(trained.unknown_scores(val.features, val.logits))
+    assert np.allclose(scores, np.sort(trained.ood["val_scores"]), atol=0.02)

@@ -48,5 +48,6 @@ def test_camera_style_names_are_not_a_series():
 
 
 def test_a_bad_pattern_says_what_is_allowed():
-    with pytest.raises(DataError, match=r"group_by must be 'auto' or a regular expression, got '\(unclosed'"):
+    with pytest.raises(DataError, match=r"group_by must be 'auto', 'none' or a regular expression, got '\(unclosed'"):
         name_groups(["/a/x1.png"], [0], "(unclosed")
+

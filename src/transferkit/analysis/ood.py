@@ -66,14 +66,24 @@ def fit_detector(train: FeatureSet, method: str = openset.DEFAULT_METHOD, k: int
 
 
 def fit_open_set(trained: TrainedModel, accept_rate: float = openset.DEFAULT_ACCEPT_RATE,
-                 method: str = openset.DEFAULT_METHOD, batch_size: int = 32) -> FeatureSet | None:
+                 method: str = openset.DEFAULT_METHOD, batch_size: int = 32, outputs: dict | None = None
+                 ) -> FeatureSet | None:
     """Set `trained.calibration` and `trained.ood` from its own train/validation split.
 
+    `outputs`: {split: (features, logits, labels)} already computed (training's activation cache
+    gives them without decoding the files again); else one pass over the files.
     Returns the validation features (for the reliability diagram), or None when the run
     has too few validation images to fit anything (both then stay None).
     """
     accept_rate = check_accept_rate(accept_rate)
-    train, val = (features_of(trained, trained.split(name), batch_size) for name in (data.TRAIN, data.VALIDATION))
+    if outputs is None:
+        train, val = (features_of(trained, trained.split(name), batch_size) for name in (data.TRAIN, data.VALIDATION))
+    else:
+        train, val = (FeatureSet(*outputs[name]) for name in (data.TRAIN, data.VALIDATION))
+        files = trained.split(data.TRAIN)
+        if len(files) and len(val.labels):  # the run's own conversion (kept in RUN/openvino), as a pass would make
+            sample = np.stack([data.load_image(path, trained.image_size) for path in files.paths[:batch_size]])
+            trained.forward(sample.astype(np.float32), images=len(files))
     if len(val.labels) < 2 or len(train.labels) < 2:
         logger.warning("Too few readable validation images (%d) to calibrate or fit an unknown detector.", len(val.labels))
         return None

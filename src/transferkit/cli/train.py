@@ -41,7 +41,8 @@ def train(
         "sqlite:///mlflow.db in the current folder, artifacts in ./mlartifacts). Implies --mlflow.", rich_help_panel=OUTPUT,
         show_default=False)] = None,
 ):
-    """Train a classifier on DATA_DIR: head on a frozen backbone, then fine-tuning; saves a run folder."""
+    """Train a classifier on DATA_DIR: a head on a frozen backbone (then fine-tuning with --fine-tune-epochs);
+    saves a run folder."""
     from transferkit.api import ImageClassifier
     from transferkit.data.sources import source_name
     from transferkit.runs.folder import next_free_dir

@@ -49,7 +49,8 @@ def name_groups(paths: Sequence[str], labels: Sequence[int], group_by: str) -> l
     try:
         pattern = re.compile(group_by)
     except re.error as error:
-        raise DataError(f"group_by must be 'auto' or a regular expression, got {group_by!r} ({error}).") from None
+        raise DataError(f"group_by must be 'auto', 'none' or a regular expression, got {group_by!r} "
+                        f"({error}).") from None
     by_key: dict = {}
     for path in paths:
         match = pattern.search(os.path.basename(path))

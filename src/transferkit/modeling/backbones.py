@@ -49,7 +49,7 @@ BACKBONES: dict[str, Backbone] = {
     b.name: b
     for b in [
         Backbone(
-            "mobilenet_v2", "MobileNetV2", "mobilenet_v2", 160, 100,
+            "mobilenet_v2", "MobileNetV2", "mobilenet_v2", 224, 100,
             ("mobilenet_v2_1.0_224_imagenet_no_top.weights.h5",
              "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"),
             kwargs={"alpha": 1.0},

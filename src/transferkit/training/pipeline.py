@@ -16,6 +16,9 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
+
+import numpy as np
 
 from transferkit import data
 from transferkit.data import doctor
@@ -47,6 +50,7 @@ class ScannedData:
     skipped: list[dict] = field(default_factory=list)
     file_hashes: dict[str, str] = field(default_factory=dict)
     duplicate_groups: list = field(default_factory=list)
+    name_groups: int = 0  # groups --group-by found in the file names (set by `split`)
 
 
 def writable_or_none(folder: Path) -> Path | None:
@@ -113,10 +117,11 @@ def split(scanned: ScannedData, val_split: float, test_split: float, seed: int,
 
     files = scanned.usable[data.TRAIN]
     groups = list(scanned.duplicate_groups)
-    if group_by is not None and scanned.val_dir is None:
+    if group_by not in (None, "none") and scanned.val_dir is None:
         named = name_groups(files.paths, files.labels, group_by)
         logger.info("--group-by %s: %d group(s) of files kept on one side of the split", group_by, len(named))
         groups += named
+        scanned.name_groups = len(named)
     empty = data.LabelledFiles((), (), files.classes)
     if scanned.val_dir is not None:
         train, val, test = files, scanned.usable[data.VALIDATION], scanned.usable[data.TEST]
@@ -129,14 +134,15 @@ def split(scanned: ScannedData, val_split: float, test_split: float, seed: int,
     return {data.TRAIN: train, data.VALIDATION: val, data.TEST: test if test is not None else empty}
 
 
-def _warn_if_validation_leaks(history: list[dict], n_val: int, group_by: str | None) -> None:
-    """Perfect validation accuracy from the first epoch on a large split usually means near copies
-    of training images in it (frames or renders of one subject), so it cannot pick epochs."""
-    if group_by is None and n_val >= 100 and history and history[0].get("val_accuracy") == 1.0:
+def _warn_if_validation_leaks(history: list[dict], n_val: int, name_groups: int) -> None:
+    """Perfect validation accuracy from the first epoch on a large split, with no series kept together,
+    usually means near copies of training images in it (frames or renders of one subject)."""
+    if not name_groups and n_val >= 100 and history and history[0].get("val_accuracy") == 1.0:
         logger.warning(
             "Validation accuracy was 1.000 from the first epoch on %d images: the validation images are probably "
             "near copies of training ones (a series of frames or renders of the same subject), so they cannot tell "
-            "epochs apart. Keep each series on one side with --group-by auto (or a regular expression).", n_val)
+            "epochs apart. Keep each series on one side with --group-by auto (a shared name prefix and a counter) "
+            "or a regular expression whose first group names the subject.", n_val)
 
 
 def _merged(groups: list) -> list[list[str]]:
@@ -176,6 +182,10 @@ class StagePlan:
     backbone_images: int | None = None  # backbone passes the cache made
     cache_runtime: dict | None = None  # which runtime and precision computed the cache
     budget: BudgetPlan | None = None  # what --time-budget chose
+    # {split: (pooled features, logits, labels)} of the un-augmented images from the cache, with the final
+    # weights; None without a cache (a pass over the files then gives them)
+    plain_outputs: Callable[[], dict | None] = lambda: None
+    head: dict | None = None  # how stage 1 fitted the head when it was solved (solver, C, folds)
 
 
 def stage_epochs(resolved: ResolvedSettings, n_train: int) -> tuple[int, int]:
@@ -183,7 +193,20 @@ def stage_epochs(resolved: ResolvedSettings, n_train: int) -> tuple[int, int]:
     (fewer for a run that starts from a trained one)."""
     s = resolved.settings
     auto_head, auto_fine_tune = schedules.stage_epochs(n_train, s.batch_size, update=s.from_run is not None)
+    if solves_head(s):  # on the solved head, fine-tuning cost accuracy on most sets measured (BENCHMARKS.md)
+        auto_fine_tune = 0
     return s.epochs or auto_head, s.fine_tune_epochs if s.fine_tune_epochs is not None else auto_fine_tune
+
+
+def cached_views(resolved: ResolvedSettings, n_train: int, fine_tune_epochs: int) -> int:
+    """Views per training image: as set, else one (un-augmented) where only the solved head uses them,
+    else enough augmented draws for the data size."""
+    s = resolved.settings
+    if s.cached_views:
+        return s.cached_views
+    if solves_head(s) and not fine_tune_epochs:
+        return 1
+    return schedules.auto_views(n_train, update=s.from_run is not None)
 
 
 def view_extractor(model, resolved: ResolvedSettings, fine_tune_epochs: int, passes: int):
@@ -206,8 +229,14 @@ def plan_stages(model, resolved: ResolvedSettings, splits: dict, data_dir: Path,
     n_train = len(splits[data.TRAIN])
     epochs, fine_tune_epochs = stage_epochs(resolved, n_train)
     plan = StagePlan([], epochs, fine_tune_epochs, budget=budget)
+    solve_head = None
     if s.cache:
-        head_inputs, top_inputs = _cached_inputs(model, resolved, splits, data_dir, fine_tune_epochs, plan, verbose)
+        head_inputs, top_inputs, solve_head = _cached_inputs(model, resolved, splits, data_dir, fine_tune_epochs, plan,
+                                                             verbose)
+        if not solves_head(s):
+            solve_head = None
+        else:
+            plan.epochs = 1
     else:
         train_ds = distribute.shard_by_data(data.make_dataset(
             *_paths_labels(splits[data.TRAIN]), resolved.image_size, s.batch_size, shuffle=True, seed=s.seed), s.strategy)
@@ -221,15 +250,24 @@ def plan_stages(model, resolved: ResolvedSettings, splits: dict, data_dir: Path,
             print(f"Unfroze the top {trainable} backbone layers from {resolved.fine_tune_at!r}.")
         return top_inputs()
 
+    title = "Stage 1: " + ("the head as a logistic regression on the frozen backbone's features" if solve_head
+                           else "training the head on the frozen backbone")
     plan.stages = [
-        Stage(1, "Stage 1: training the head on the frozen backbone", epochs, s.learning_rate, head_inputs,
-              deadline=budget.head_deadline if budget else None),
+        Stage(1, title, plan.epochs, s.learning_rate, head_inputs, deadline=budget.head_deadline if budget else None,
+              solve=solve_head),
         Stage(2, "Stage 2: fine-tuning the top of the backbone", fine_tune_epochs,
               resolved.fine_tune_learning_rate, fine_tune_inputs, warmup=schedules.FINE_TUNE_WARMUP,
               deadline=budget.fine_tune_deadline if budget else None,
               min_seconds=budget.fine_tune_first_epoch if budget else 0.0),
     ]
     return plan
+
+
+def solves_head(s) -> bool:
+    """Whether stage 1 is the closed-form head: one Dense layer on cached features, no --epochs asked for,
+    not an update of a run (which starts from its parent's head)."""
+    return (s.head_solver == "lbfgs" and s.cache and not s.hidden_units and s.epochs is None
+            and s.from_run is None)
 
 
 def _paths_labels(files: data.LabelledFiles) -> tuple:
@@ -243,8 +281,7 @@ def _cached_inputs(model, resolved: ResolvedSettings, splits: dict, data_dir: Pa
 
     s = resolved.settings
     n_train, n_val = len(splits[data.TRAIN]), len(splits[data.VALIDATION])
-    plan.cached_views = (plan.budget.views if plan.budget else
-                         s.cached_views or schedules.auto_views(n_train, update=s.from_run is not None))
+    plan.cached_views = plan.budget.views if plan.budget else cached_views(resolved, n_train, fine_tune_epochs)
     extractor = (plan.budget.extractor if plan.budget and plan.budget.extractor is not None else
                  view_extractor(model, resolved, fine_tune_epochs, n_train * plan.cached_views + n_val))
     base, cut = extractor.base, extractor.cut
@@ -270,13 +307,28 @@ def _cached_inputs(model, resolved: ResolvedSettings, splits: dict, data_dir: Pa
     plan.backbone_images = extractor.images_processed
     plan.cache_runtime = extractor.runtime
     extractor.forward = None  # its compiled model (and the device memory it holds) is not needed again
+    plan.plain_outputs = lambda: {data.TRAIN: cache.plain_view_outputs(model, extractor, train),
+                                  data.VALIDATION: cache.plain_view_outputs(model, extractor, val)}
+
+    def solve_head():
+        from transferkit.modeling.classifier import head_layers
+        from transferkit.modeling.linear_head import fit_linear_head
+
+        rows = np.flatnonzero(train.readable)
+        weights = schedules.balanced_class_weights(splits[data.TRAIN].class_counts(), s.class_weight)
+        head = fit_linear_head(np.asarray(train.pooled[rows, 0]), train.labels[rows], len(splits[data.TRAIN].classes),
+                               weights, s.seed)
+        head_layers(model)[-1].set_weights([head.kernel, head.bias])
+        plan.head = {"solver": "lbfgs", "C": head.C, "cv_folds": head.folds}
+        if verbose:
+            print(f"The head: {head.describe()}.")
 
     def batches(kind):
         return (cache.ViewBatches(getattr(train, kind), train, s.batch_size, shuffle=True, seed=s.seed),
                 cache.ViewBatches(getattr(val, kind), val, s.batch_size, shuffle=False, seed=s.seed))
 
     return (lambda: (cache.head_model(model, extractor), *batches("pooled")),
-            lambda: (cache.top_model(model, extractor), *batches("boundary")))
+            lambda: (cache.top_model(model, extractor), *batches("boundary")), solve_head)
 
 
 def _weights_identity(resolved: ResolvedSettings) -> str:
@@ -305,8 +357,9 @@ def fit_budget(model, resolved: ResolvedSettings, splits: dict, started: float, 
 
     s = resolved.settings
     n_train, n_val = len(splits[data.TRAIN]), len(splits[data.VALIDATION])
-    max_views = s.cached_views or schedules.auto_views(n_train, update=s.from_run is not None)
-    probe = view_extractor(model, resolved, stage_epochs(resolved, n_train)[1], n_train * max_views + n_val)
+    fine_tune_epochs = stage_epochs(resolved, n_train)[1]
+    max_views = cached_views(resolved, n_train, fine_tune_epochs)
+    probe = view_extractor(model, resolved, fine_tune_epochs, n_train * max_views + n_val)
     seconds = measure_pass(probe, splits[data.TRAIN].paths, resolved.image_size, s.batch_size)
     budget = plan_budget(parse_duration(s.time_budget), started, seconds, resolved.image_size, n_train, n_val,
                          max_views, s.write_report, sizes=() if s.from_run is not None else FALLBACK_SIZES)
@@ -376,7 +429,7 @@ def _build_and_train(resolved, data_dir, val_dir, test_dir, scanned, splits, out
     result = run_stages(model, len(classes), plan.stages, patience=s.patience, steps_per_epoch=steps,
                         class_weight=class_weights, checkpoint_dir=checkpoint_dir, resume=resume,
                         verbose=s.verbose, extra_callbacks=tuple(loggers))
-    _warn_if_validation_leaks(result.history, len(splits[data.VALIDATION]), s.group_by)
+    _warn_if_validation_leaks(result.history, len(splits[data.VALIDATION]), scanned.name_groups)
     resolved_json = {
         "image_size": resolved.image_size,
         "augmentation": dataclasses.asdict(resolved.augmentation),
@@ -385,6 +438,7 @@ def _build_and_train(resolved, data_dir, val_dir, test_dir, scanned, splits, out
         "fine_tune_at": resolved.fine_tune_at,
         "fine_tune_learning_rate": resolved.fine_tune_learning_rate,
         "cached_views": plan.cached_views,
+        "head": plan.head or {"solver": "adam"},
         "cache_runtime": plan.cache_runtime,
         "time_budget": {"seconds": parse_duration(s.time_budget), "chose": budget.reasons} if budget else None,
         "class_weight": class_weights,

@@ -43,6 +43,8 @@ class Stage:
     warmup: float = 0.0  # fraction of the stage's steps spent ramping the learning rate up from zero
     deadline: float | None = None  # time.perf_counter() by which the stage's last epoch must end (--time-budget)
     min_seconds: float = 0.0  # with a deadline: the stage is skipped when less time than this is left
+    # set: the stage is solved in closed form (the head's logistic regression) and recorded as one epoch
+    solve: Callable[[], None] | None = None
 
 
 def run_stages(
@@ -84,7 +86,8 @@ def run_stages(
                 result.fine_tune_start_epoch = first
             fit_model, train_data, val_data = stage.prepare()
             if verbose:
-                print(f"{stage.title} ({stage.epochs} epochs max, lr {stage.learning_rate:g})")
+                print(stage.title if stage.solve else f"{stage.title} ({stage.epochs} epochs max, "
+                                                      f"lr {stage.learning_rate:g})")
             schedule = cosine_schedule(stage.learning_rate, steps_per_epoch * stage.epochs, stage.warmup)
             compile_classifier(fit_model, num_classes, schedule)
             if done:  # a resumed stage: its learning-rate schedule continues where it was
@@ -101,9 +104,12 @@ def run_stages(
             if stage.deadline is not None:
                 callbacks.append(Deadline(stage.deadline))
             started = time.perf_counter()
-            fit_model.fit(train_data, validation_data=val_data, initial_epoch=first - 1 + done,
-                          epochs=first - 1 + stage.epochs, callbacks=callbacks, class_weight=class_weight,
-                          verbose=verbose)
+            if stage.solve is not None:
+                _solved_epoch(fit_model, stage.solve, train_data, val_data, callbacks, first - 1)
+            else:
+                fit_model.fit(train_data, validation_data=val_data, initial_epoch=first - 1 + done,
+                              epochs=first - 1 + stage.epochs, callbacks=callbacks, class_weight=class_weight,
+                              verbose=verbose)
             result.stage_seconds[f"stage{stage.number}"] = round(time.perf_counter() - started, 2)
             if ctrl_c.requested:
                 raise KeyboardInterrupt  # ends every stage; handled below like a hard Ctrl-C
@@ -125,6 +131,20 @@ def run_stages(
     result.val_accuracy = row.get("val_accuracy")
     result.val_loss = row.get("val_loss")
     return result
+
+
+def _solved_epoch(model: keras.Model, solve: Callable[[], None], train_data, val_data, callbacks: list,
+                  epoch: int) -> None:
+    """Solve, then score the result as one epoch, so best weights, history rows, checkpoints and
+    loggers treat it like any fitted epoch."""
+    hooks = keras.callbacks.CallbackList(callbacks, model=model)
+    hooks.on_train_begin()
+    hooks.on_epoch_begin(epoch)
+    solve()
+    logs = model.evaluate(train_data, verbose=0, return_dict=True)
+    logs.update({f"val_{k}": v for k, v in model.evaluate(val_data, verbose=0, return_dict=True).items()})
+    hooks.on_epoch_end(epoch, logs)
+    hooks.on_train_end(logs)
 
 
 def _epochs_done(state: dict, stage: int, first_epoch: int) -> int | None:
