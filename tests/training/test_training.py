@@ -173,3 +173,21 @@ def test_test_split_is_held_out_and_scored(tiny_dir, tmp_path):
     assert {r["path"] for r in rows if r["split"] == "test"} == test
     reloaded = ImageClassifier.load(tmp_path / "run")
     assert reloaded.evaluate(split="test")["accuracy"] == pytest.approx(classifier.results_["test_accuracy"])
+
+
+def test_defaults_solve_the_head_at_224_px_without_fine_tuning(alpaca_dir):
+    """The default path: one un-augmented view cached, the head solved, no stage 2; the unknown
+    detector's reference features come from that cache and equal a pass over the files."""
+    from transferkit.analysis.ood import features_of
+    from transferkit.modeling.openset import normalize
+
+    classifier = ImageClassifier(verbose=0, write_report=False).fit(alpaca_dir)
+    resolved, results = classifier.resolved_settings_, classifier.results_
+    assert resolved["image_size"] == 224 and resolved["fine_tune_epochs"] == 0 and resolved["cached_views"] == 1
+    assert resolved["head"]["solver"] == "lbfgs"
+    assert [row["stage"] for row in classifier.history_] == [1] and results["best_epoch"] == 1
+    assert results["val_accuracy"] >= 0.9, results
+    trained = classifier.trained_
+    passed = features_of(trained, trained.split("train"))
+    cosine = np.sum(np.asarray(trained.ood["bank"], np.float32) * normalize(passed.features), axis=1)
+    assert cosine.min() > 0.99

@@ -18,7 +18,7 @@ def predict(
     run_dir: Path = typer.Argument(..., help="A run folder written by `transferkit train`, or a model written by `transferkit export` (.tflite file, SavedModel folder, .onnx file).", show_default=False),
     inputs: List[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively).", show_default=False),
     top_k: int = typer.Option(1, help="Show the k most probable classes per image."),
-    batch_size: Optional[int] = typer.Option(None, help="Images per inference batch (default: 8 for TFLite, 32 otherwise).", show_default=False),
+    batch_size: Optional[int] = typer.Option(None, help="Images per inference batch (default: 8 for TFLite and OpenVINO, 32 otherwise).", show_default=False),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV instead of a table."),
     explain_dir: Optional[Path] = typer.Option(None, "--explain", help="Also write a Grad-CAM overlay per image (predicted class) into this folder.", show_default=False),

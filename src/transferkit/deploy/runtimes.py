@@ -18,9 +18,9 @@ from transferkit.runs import folder as rundir
 logger = logging.getLogger("transferkit")
 
 RUNTIMES = ("auto", "openvino", "keras", "tflite", "savedmodel", "onnx")
-# Images per inference call when none is given, per runtime (bench/predict_bench.py):
-# XNNPACK is fastest on small batches that stay in cache, TensorFlow on larger ones.
-DEFAULT_BATCH = {"keras": 32, "tflite": 8, "savedmodel": 32, "onnx": 32, "openvino": 32}
+# Images per inference call when none is given, per runtime (bench/predict_bench.py): XNNPACK and
+# OpenVINO are fastest on small batches whose activations stay in cache, TensorFlow on larger ones.
+DEFAULT_BATCH = {"keras": 32, "tflite": 8, "savedmodel": 32, "onnx": 32, "openvino": 8}
 METADATA_NAME = "transferkit"  # TFLite metadata entry / ONNX metadata_props key
 LABELS_SUFFIX = ".labels.txt"
 INFO_SUFFIX = ".export.json"

@@ -42,6 +42,7 @@ def fit_linear_head(features: np.ndarray, labels: np.ndarray, num_classes: int, 
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
     from sklearn.model_selection import StratifiedKFold
     from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
 
     features = np.asarray(features, np.float64)
     labels = np.asarray(labels)
@@ -50,7 +51,8 @@ def fit_linear_head(features: np.ndarray, labels: np.ndarray, num_classes: int, 
     scaler = StandardScaler().fit(features)
     x = scaler.transform(features)
     folds = int(min(CV_FOLDS, np.bincount(labels, minlength=num_classes).min()))
-    with warnings.catch_warnings():
+    # One BLAS thread: on these small matrices threads cost more than they give (several times slower on 2 cores).
+    with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
         warnings.simplefilter("ignore", FutureWarning)  # scikit-learn's notice about its attribute names
         if folds >= 2:
             model = LogisticRegressionCV(Cs=list(C_GRID), cv=StratifiedKFold(folds, shuffle=True, random_state=seed),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -132,10 +133,24 @@ class TrainedModel:
 
     def predict_outputs(self, paths: Sequence[str], batch_size: int = 32, verbose: bool = False,
                         compute: str | None = None, precision: str = "f32") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(uncalibrated probabilities, pooled features, logits) of image files in one pass; NaN rows where unreadable."""
+        """(uncalibrated probabilities, pooled features, logits) of image files in one pass; NaN rows where unreadable.
+
+        The last pass is remembered: the report, its TensorBoard figures and `evaluate` after training
+        all ask for the validation split, and the weights of a trained model do not change.
+        """
+        paths = [str(p) for p in paths]
+        key = (tuple(_stamp(p) for p in paths), compute, precision)  # a file changed since is predicted again
+        last = self.__dict__.get("_last_pass")
+        if last is not None and last[0] == key:
+            return tuple(a.copy() for a in last[1])
+        outputs = self._predict_outputs(paths, batch_size, verbose, compute, precision)
+        self.__dict__["_last_pass"] = (key, outputs)
+        return tuple(a.copy() for a in outputs)
+
+    def _predict_outputs(self, paths: list[str], batch_size: int, verbose: bool, compute: str | None,
+                         precision: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         from transferkit.modeling.openset import head_logits, to_class_probabilities
 
-        paths = [str(p) for p in paths]
         n, classes = len(paths), len(self.classes)
         dim = int(self.model.get_layer("pool").output.shape[-1])
         probabilities, logits = np.full((n, classes), np.nan), np.full((n, classes), np.nan)
@@ -315,3 +330,12 @@ class TrainedModel:
             ood=rundir.read_ood(run_dir),
             parent=config.get("parent"),
         )
+
+
+def _stamp(path: str) -> tuple:
+    try:
+        stat = os.stat(path)
+        return path, stat.st_size, stat.st_mtime_ns
+    except OSError:
+        return path, None, None
+

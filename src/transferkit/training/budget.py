@@ -20,7 +20,7 @@ import numpy as np
 CACHE_SHARE, HEAD_SHARE = 0.4, 0.25  # backbone passes for the cache; stage 1 ends at this share of the rest
 SAVE_SECONDS, REPORT_SECONDS = 8.0, 15.0  # writing the run folder and exiting; report.html and figures
 TRACE_SECONDS = 5.0  # building a stage's training step before its first epoch
-FALLBACK_SIZES = (128, 96)  # tried in turn when one view at the backbone's size does not fit
+FALLBACK_SIZES = (160, 128, 96)  # tried in turn when one view at the backbone's size does not fit
 
 
 @dataclass
