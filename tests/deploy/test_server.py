@@ -173,7 +173,7 @@ def test_healthz_model_openapi(url, run_dir):
     model = httpx.get(f"{url}/v1/model").json()
     config = json.loads((run_dir / "config.json").read_text())
     assert model["classes"] == ["alpaca", "not alpaca"]
-    assert model["backbone"] == "mobilenet_v2" and model["input_size"] == [160, 160, 3]
+    assert model["backbone"] == "mobilenet_v2" and model["input_size"] == [224, 224, 3]
     assert model["runtime"] == "keras" and model["transferkit_version"]
     assert model["validation"]["val_accuracy"] == pytest.approx(config["results"]["val_accuracy"])
     spec = httpx.get(f"{url}/openapi.json").json()

@@ -77,7 +77,8 @@ def test_backbone_stays_in_inference_mode_and_is_partly_unfrozen(alpaca_run):
     top = base.layers[100:]
     assert all(layer.trainable != isinstance(layer, keras.layers.BatchNormalization) for layer in top)
     # Batch norm uses its moving statistics even when Keras runs the model in training mode.
-    images = np.random.default_rng(0).uniform(0, 255, (4, 160, 160, 3)).astype("float32")
+    size = classifier.trained_.image_size
+    images = np.random.default_rng(0).uniform(0, 255, (4, size, size, 3)).astype("float32")
     inputs = classifier.model_.get_layer("preprocess")(images)
     np.testing.assert_allclose(base(inputs, training=True), base(inputs, training=False), atol=1e-5)
 

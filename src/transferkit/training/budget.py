@@ -54,8 +54,10 @@ def plan_budget(budget: float, started: float, seconds_per_image: float, measure
     size, cost = measured_size, seconds_per_image
     views = int((CACHE_SHARE * left - n_val * cost) // max(n_train * cost, 1e-9))
     for smaller in sizes:
-        if views >= 1 or smaller >= size:
+        if views >= 1:
             break
+        if smaller >= size:  # only ever smaller than the size measured
+            continue
         size, cost = smaller, seconds_per_image * (smaller / measured_size) ** 2
         views = int((CACHE_SHARE * left - n_val * cost) // max(n_train * cost, 1e-9))
         reasons.append(f"{smaller} px: one view at {measured_size} px would not fit")
