@@ -198,7 +198,7 @@ def stage_epochs(resolved: ResolvedSettings, n_train: int) -> tuple[int, int]:
     return s.epochs or auto_head, s.fine_tune_epochs if s.fine_tune_epochs is not None else auto_fine_tune
 
 
-def cached_views(resolved: ResolvedSettings, n_train: int, fine_tune_epochs: int) -> int:
+def views_per_image(resolved: ResolvedSettings, n_train: int, fine_tune_epochs: int) -> int:
     """Views per training image: as set, else one (un-augmented) where only the solved head uses them,
     else enough augmented draws for the data size."""
     s = resolved.settings
@@ -233,10 +233,8 @@ def plan_stages(model, resolved: ResolvedSettings, splits: dict, data_dir: Path,
     if s.cache:
         head_inputs, top_inputs, solve_head = _cached_inputs(model, resolved, splits, data_dir, fine_tune_epochs, plan,
                                                              verbose)
-        if not solves_head(s):
-            solve_head = None
-        else:
-            plan.epochs = 1
+        solve_head = solve_head if solves_head(s) else None
+        plan.epochs = 1 if solve_head else epochs
     else:
         train_ds = distribute.shard_by_data(data.make_dataset(
             *_paths_labels(splits[data.TRAIN]), resolved.image_size, s.batch_size, shuffle=True, seed=s.seed), s.strategy)
@@ -281,7 +279,7 @@ def _cached_inputs(model, resolved: ResolvedSettings, splits: dict, data_dir: Pa
 
     s = resolved.settings
     n_train, n_val = len(splits[data.TRAIN]), len(splits[data.VALIDATION])
-    plan.cached_views = plan.budget.views if plan.budget else cached_views(resolved, n_train, fine_tune_epochs)
+    plan.cached_views = plan.budget.views if plan.budget else views_per_image(resolved, n_train, fine_tune_epochs)
     extractor = (plan.budget.extractor if plan.budget and plan.budget.extractor is not None else
                  view_extractor(model, resolved, fine_tune_epochs, n_train * plan.cached_views + n_val))
     base, cut = extractor.base, extractor.cut
@@ -358,7 +356,7 @@ def fit_budget(model, resolved: ResolvedSettings, splits: dict, started: float, 
     s = resolved.settings
     n_train, n_val = len(splits[data.TRAIN]), len(splits[data.VALIDATION])
     fine_tune_epochs = stage_epochs(resolved, n_train)[1]
-    max_views = cached_views(resolved, n_train, fine_tune_epochs)
+    max_views = views_per_image(resolved, n_train, fine_tune_epochs)
     probe = view_extractor(model, resolved, fine_tune_epochs, n_train * max_views + n_val)
     seconds = measure_pass(probe, splits[data.TRAIN].paths, resolved.image_size, s.batch_size)
     budget = plan_budget(parse_duration(s.time_budget), started, seconds, resolved.image_size, n_train, n_val,
