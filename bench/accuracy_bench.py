@@ -89,25 +89,29 @@ def make_sets(names: list[str], shared: Path, work: Path, alpaca_splits: int) ->
     return sets
 
 
-def _features(folder: Path, size: int, classes: list[str]):
-    """(pooled MobileNetV2 features, labels) of every image under folder, centre square at `size`."""
+def _features(folders: list[Path], size: int, classes: list[str]):
+    """[(pooled MobileNetV2 features, labels)] of every image under each folder, centre square at `size`;
+    one model (and one checked conversion) for all of them."""
     import keras
     import numpy as np
 
     from transferkit.data.images import decoded_batches
     from transferkit.modeling.forward import fast_forward
 
-    files = _class_files(folder)
-    paths = [str(p) for label in classes for p in files[label]]
-    labels = np.array([i for i, label in enumerate(classes) for _ in files[label]])
     weights = Path(os.environ.get("TRANSFERKIT_WEIGHTS_DIR", SHARED / "weights"))
     base = keras.applications.MobileNetV2(input_shape=(size, size, 3), include_top=False, pooling="avg",
                                           weights=str(weights / "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"))
     inputs = keras.Input((size, size, 3))
     model = keras.Model(inputs, base(keras.applications.mobilenet_v2.preprocess_input(inputs)))
-    batches = list(decoded_batches(paths, size, 32))
-    forward = fast_forward(model, batches[0][0])
-    return np.concatenate([forward(images)[0] for images, _ in batches]), labels
+    forward, results = None, []
+    for folder in folders:
+        files = _class_files(folder)
+        paths = [str(p) for label in classes for p in files[label]]
+        labels = np.array([i for i, label in enumerate(classes) for _ in files[label]])
+        batches = list(decoded_batches(paths, size, 32))
+        forward = forward or fast_forward(model, batches[0][0])
+        results.append((np.concatenate([forward(images)[0] for images, _ in batches]), labels))
+    return results
 
 
 def probe(train_dir: Path, test_dir: Path, size: int, seed: int = 0) -> dict:
@@ -119,8 +123,7 @@ def probe(train_dir: Path, test_dir: Path, size: int, seed: int = 0) -> dict:
 
     start = time.perf_counter()
     classes = sorted(_class_files(train_dir))
-    x_train, y_train = _features(train_dir, size, classes)
-    x_test, y_test = _features(test_dir, size, classes)
+    (x_train, y_train), (x_test, y_test) = _features([train_dir, test_dir], size, classes)
     model = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=np.logspace(-4, 0, 5), cv=5, max_iter=2000,
                                                                  random_state=seed))
     model.fit(x_train, y_train)

@@ -174,8 +174,8 @@ class Settings:
         0.2, "Fraction of each class held out for validation.", DATA, Interval(float, 0, 1, "neither"))
     group_by: str | None = setting(
         None, "Keep files of one group on the same side of every split: 'auto' (series: a shared name prefix "
-        "and a counter, e.g. rock01-004.png) or a regular expression on file names (its first group is the key); 'none' (default) splits file by file.",
-        DATA, TEXT)
+        "and a counter, e.g. rock01-004.png) or a regular expression on file names (its first group is the key); "
+        "'none' (default) splits file by file.", DATA, TEXT)
     test_split: float = setting(
         0.0, "Fraction of each class held out as a test set, scored once after training.", DATA,
         Interval(float, 0, 1, "left"))

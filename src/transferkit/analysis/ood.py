@@ -82,8 +82,8 @@ def fit_open_set(trained: TrainedModel, accept_rate: float = openset.DEFAULT_ACC
         train, val = (FeatureSet(*outputs[name]) for name in (data.TRAIN, data.VALIDATION))
         files = trained.split(data.TRAIN)
         if len(files) and len(val.labels):  # the run's own conversion (kept in RUN/openvino), as a pass would make
-            sample = np.stack([data.load_image(path, trained.image_size) for path in files.paths[:batch_size]])
-            trained.forward(sample.astype(np.float32), images=len(files))
+            sample, _ = next(data.decoded_batches(files.paths[:batch_size], trained.image_size, batch_size))
+            trained.forward(sample, images=len(files))
     if len(val.labels) < 2 or len(train.labels) < 2:
         logger.warning("Too few readable validation images (%d) to calibrate or fit an unknown detector.", len(val.labels))
         return None

@@ -253,28 +253,30 @@ def top_model(model: keras.Model, extractor: ViewExtractor) -> keras.Model:
     return keras.Model(inputs, x, name="cached_top")
 
 
-def plain_view_outputs(model: keras.Model, extractor: ViewExtractor, arrays: ViewArrays,
-                       batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(pooled features, logits, labels) of each readable image's un-augmented view (view 0), through the
-    trained model's top and head: what a pass over the files would give, without decoding them again."""
+def plain_view_outputs(model: keras.Model, extractor: ViewExtractor, splits: dict[str, ViewArrays],
+                       batch_size: int = 64) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """{split: (pooled features, logits, labels)} of each readable image's un-augmented view (view 0), through
+    the trained model's top and head: what a pass over the files would give, without decoding them again."""
     from transferkit.modeling.classifier import head_layers
     from transferkit.modeling.forward import KerasForward
     from transferkit.modeling.openset import head_logits
 
-    cached = arrays.boundary if extractor.boundary_shape else arrays.pooled
-    inputs = keras.Input(cached.shape[2:])
+    name = "boundary" if extractor.boundary_shape else "pooled"
+    inputs = keras.Input(extractor.boundary_shape or (extractor.pooled_dim,))
     pooled = extractor.pool(extractor.upper(inputs)) if extractor.boundary_shape else inputs
     penultimate = pooled
     *hidden, last = head_layers(model)
     for layer in hidden:
         penultimate = layer(penultimate)
-    forward = KerasForward(keras.Model(inputs, [pooled, penultimate]))
-    rows = np.flatnonzero(arrays.readable)
-    outputs = [forward(np.asarray(cached[rows[i: i + batch_size], 0], np.float32))
-               for i in range(0, len(rows), batch_size)]
-    features = np.concatenate([o[0] for o in outputs]) if outputs else np.zeros((0, extractor.pooled_dim), np.float32)
+    forward = KerasForward(keras.Model(inputs, [pooled, penultimate]))  # one trace serves every split
     kernel, bias = last.get_weights()
-    logits = head_logits(np.concatenate([o[1] for o in outputs]) if outputs else np.zeros((0, kernel.shape[0])),
-                         kernel, bias)
-    return features, logits, np.asarray(arrays.labels)[rows]
-
+    results = {}
+    for split, arrays in splits.items():
+        cached, rows = getattr(arrays, name), np.flatnonzero(arrays.readable)
+        features = np.zeros((len(rows), extractor.pooled_dim), np.float32)
+        inner = np.zeros((len(rows), kernel.shape[0]), np.float32)
+        for i in range(0, len(rows), batch_size):
+            features[i: i + batch_size], inner[i: i + batch_size] = forward(
+                np.asarray(cached[rows[i: i + batch_size], 0], np.float32))
+        results[split] = features, head_logits(inner, kernel, bias), np.asarray(arrays.labels)[rows]
+    return results

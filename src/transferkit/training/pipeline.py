@@ -305,8 +305,8 @@ def _cached_inputs(model, resolved: ResolvedSettings, splits: dict, data_dir: Pa
     plan.backbone_images = extractor.images_processed
     plan.cache_runtime = extractor.runtime
     extractor.forward = None  # its compiled model (and the device memory it holds) is not needed again
-    plan.plain_outputs = lambda: {data.TRAIN: cache.plain_view_outputs(model, extractor, train),
-                                  data.VALIDATION: cache.plain_view_outputs(model, extractor, val)}
+    plan.plain_outputs = lambda: cache.plain_view_outputs(model, extractor,
+                                                          {data.TRAIN: train, data.VALIDATION: val})
 
     def solve_head():
         from transferkit.modeling.classifier import head_layers
