@@ -89,9 +89,10 @@ def make_sets(names: list[str], shared: Path, work: Path, alpaca_splits: int) ->
     return sets
 
 
-def _features(folders: list[Path], size: int, classes: list[str]):
+def _features(folders: list[Path], size: int, classes: list[str], mirrored: bool = False):
     """[(pooled MobileNetV2 features, labels)] of every image under each folder, centre square at `size`;
-    one model (and one checked conversion) for all of them."""
+    one model (and one checked conversion) for all of them. `mirrored`: [(features, features of the
+    left-right mirrored images, labels)]."""
     import keras
     import numpy as np
 
@@ -108,25 +109,30 @@ def _features(folders: list[Path], size: int, classes: list[str]):
         files = _class_files(folder)
         paths = [str(p) for label in classes for p in files[label]]
         labels = np.array([i for i, label in enumerate(classes) for _ in files[label]])
-        batches = list(decoded_batches(paths, size, 32))
-        forward = forward or fast_forward(model, batches[0][0])
-        results.append((np.concatenate([forward(images)[0] for images, _ in batches]), labels))
+        batches = [np.asarray(images) for images, _ in decoded_batches(paths, size, 32)]
+        forward = forward or fast_forward(model, batches[0])
+        views = [batches] + ([[images[:, :, ::-1].copy() for images in batches]] if mirrored else [])
+        results.append((*(np.concatenate([forward(images)[0] for images in view]) for view in views), labels))
     return results
 
 
-def probe(train_dir: Path, test_dir: Path, size: int, seed: int = 0) -> dict:
-    """The linear probe: standardised frozen features, logistic regression with 5-fold CV over the L2 strength."""
+def probe_model(seed: int = 0):
+    """The linear probe, unfitted: standardised features, logistic regression with 5-fold CV over the L2 strength."""
     import numpy as np
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    return make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=np.logspace(-4, 0, 5), cv=5, max_iter=2000,
+                                                                random_state=seed))
+
+
+def probe(train_dir: Path, test_dir: Path, size: int, seed: int = 0) -> dict:
+    """The probe fitted on the frozen features of the whole train folder, scored on the test folder."""
     start = time.perf_counter()
     classes = sorted(_class_files(train_dir))
     (x_train, y_train), (x_test, y_test) = _features([train_dir, test_dir], size, classes)
-    model = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=np.logspace(-4, 0, 5), cv=5, max_iter=2000,
-                                                                 random_state=seed))
-    model.fit(x_train, y_train)
+    model = probe_model(seed).fit(x_train, y_train)
     accuracy = float((model.predict(x_test) == y_test).mean())
     return {"test_accuracy": accuracy, "seconds": round(time.perf_counter() - start, 1)}
 

@@ -89,6 +89,9 @@ def test_report_rebuilt_from_a_reloaded_run_embeds_every_figure(alpaca_run, tmp_
     n = len(classifier.val_files_)
     misclassified = round(n * (1 - classifier.results_["val_accuracy"]))  # training's own count, same weights
     assert f"{misclassified} of {n} validation images misclassified" in text
+    # the fixture's ~70 validation images choose among its 4 epochs: the curves say whether they can
+    close = classifier.results_["epochs_within_noise"]
+    assert (f"{close} epochs scored within two standard errors" in text) == bool(close)
     after = checksums(run_copy)
     assert set(after) - set(before) == {REPORT_FILE}
     assert {k: after[k] for k in before} == before, "only report.html is written"

@@ -78,7 +78,7 @@ def test_every_planted_problem_is_reported_with_its_path_and_nothing_else(dirty,
     assert len(dirty_scan.findings) == len(dirty.expected)
     assert {code for code, _ in dirty.expected} == set(CODES) - {
         "unreadable", "too-few-classes", "empty-class", "class-mismatch", "imbalance", "oversized",
-        "duplicate-across-splits", "near-duplicate-across-splits",
+        "duplicate-across-splits", "near-duplicate-across-splits", "name-series", "series-across-splits",
     }, "the dataset-level and size-limit cases have their own tests below"
     for finding in dirty_scan.findings:
         assert finding.reason and finding.severity == CODES[finding.code]
@@ -373,3 +373,27 @@ def test_training_on_dirty_data_completes_and_lists_exactly_the_skipped_files(di
     assert not {os.path.join(dirty.root, p) for p in skipped} & used
     assert classifier.results_["val_accuracy"] is not None
     assert checksums(dirty.root) == before
+
+
+def test_series_of_files_are_reported_and_a_series_in_two_splits_is_a_leak(tmp_path):
+    """rps-style names (hand model + pose counter): a warning that a file-by-file split leaks them, and one
+    naming the series where a validation folder holds poses of a training hand."""
+    rng = np.random.default_rng(0)
+    for root, hands in ((tmp_path / "train", range(1, 5)), (tmp_path / "val", (1, 5))):
+        for gesture in ("paper", "rock"):
+            for hand in hands:
+                (root / gesture).mkdir(parents=True, exist_ok=True)
+                for pose in range(3):
+                    pixels = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+                    Image.fromarray(pixels).save(root / gesture / f"{gesture}{hand:02d}-{pose:03d}.png")
+    alone = scan_dataset(tmp_path / "train")
+    notes = [f for f in alone.findings if f.code == "name-series"]
+    assert len(notes) == 1 and "8 series" in notes[0].reason and "--group-by auto" in notes[0].reason
+    assert alone.exit_code == 1  # a warning: the default split would leak
+    both = scan_dataset(tmp_path / "train", val_dir=tmp_path / "val")
+    leaks = sorted(Path(f.path).name for f in both.findings if f.code == "series-across-splits")
+    assert leaks == ["paper01-000.png", "rock01-000.png"]  # hand 05 is only in validation: no leak
+    assert not any(f.code == "name-series" for f in both.findings)  # training splits nothing off DATA_DIR
+    leak = next(f for f in both.findings if f.code == "series-across-splits")
+    assert "'paper01'" in leak.reason and "train and validation" in leak.reason and len(leak.related) == 5
+    assert both.exit_code == 1

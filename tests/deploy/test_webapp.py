@@ -234,3 +234,19 @@ def test_events_stream_a_runs_status_and_end_when_it_is_not_training(setup):
     assert status["state"] == "stopped" and status["epoch"] == 1 and status["history"][0]["val_accuracy"] == 0.6
     listed = client.get("/api/projects/pets/runs").json()["runs"]
     assert [(r["run"], r["state"]) for r in listed] == [("run-1", "stopped")]
+
+
+def test_a_relative_weights_folder_still_names_the_same_folder_in_a_worker(monkeypatch, tmp_path):
+    """Workers run in the project's folder (Ray's in theirs): a relative weights folder from the app's
+    shell is made absolute."""
+    from transferkit.deploy.webapp.jobs import _worker_env
+    from transferkit.modeling.backbones import absolute_weights_dir
+
+    (tmp_path / "weights").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TRANSFERKIT_WEIGHTS_DIR", "weights")
+    assert _worker_env()["TRANSFERKIT_WEIGHTS_DIR"] == str(tmp_path / "weights")
+    assert absolute_weights_dir() == str(tmp_path / "weights")
+    assert absolute_weights_dir("elsewhere") == str(tmp_path / "elsewhere")  # --weights-dir comes first
+    monkeypatch.delenv("TRANSFERKIT_WEIGHTS_DIR")
+    assert absolute_weights_dir() is None

@@ -96,3 +96,15 @@ def test_nothing_is_written_when_the_data_is_bad(tmp_path):
     with pytest.raises(Exception, match=r"Found 1 class folder"):
         ImageClassifier(**SMALL).fit(tmp_path / "one", out=tmp_path / "never")
     assert not (tmp_path / "never").exists()
+
+
+def test_split_csv_records_each_files_group(synthetic_dir, tmp_path):
+    classifier = ImageClassifier(**{**SMALL, "group_by": r"-\d\d(\d)"}).fit(synthetic_dir, out=tmp_path / "run")
+    rows = rundir.read_csv(tmp_path / "run" / rundir.SPLIT_FILE)
+    assert {r["group"] for r in rows} == set("0123456789")
+    assert all(r["group"] == r["path"][-5] for r in rows)  # circle-004.png: group 4
+    sides = {}
+    for row in rows:
+        sides.setdefault(row["group"], set()).add(row["split"])
+    assert all(len(s) == 1 for s in sides.values()), sides
+    assert classifier.results_["val_images"] > 0

@@ -314,6 +314,9 @@ def _curves_section(trained, report: _Report) -> str:
     results = trained.results
     if results.get("best_epoch"):
         note += f" The weights kept are those of epoch {results['best_epoch']}, the lowest validation loss."
+    if results.get("epochs_within_noise"):
+        note += (f" {results['epochs_within_noise']} epochs scored within two standard errors of it on "
+                 f"{results.get('val_images')} validation images: too few to tell them apart.")
     return _img(path, "learning curves", note)
 
 

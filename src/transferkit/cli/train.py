@@ -103,12 +103,17 @@ def _train_on_ray(settings: dict, data_dir, val_dir, out_dir: Path, overwrite: b
     `ImageClassifier.fit` under the multi-worker strategy, worker 0 writes `out_dir`."""
     import tempfile
 
+    from transferkit.modeling.backbones import absolute_weights_dir
     from transferkit.training.distribute import check_ray, init_ray
     from transferkit.runs.folder import check_output_dir, read_config
     from transferkit.settings import Settings
 
     Settings(**settings).validate()  # --workers, --no-cache, ... before any worker starts
     check_output_dir(out_dir, overwrite)
+    # workers run in other folders: local weights are named by absolute paths
+    settings = {**settings, "weights_dir": absolute_weights_dir(settings.get("weights_dir"))}
+    if settings.get("weights") not in (None, "imagenet", "none"):
+        settings["weights"] = str(Path(settings["weights"]).expanduser().resolve())
     started = init_ray(address)
     ray = check_ray()
     try:

@@ -21,7 +21,8 @@ warning (used, but look at it)
     extension training does not read: ignored), outside-class (an image directly in
     DATA_DIR: ignored), symlink-loop (not followed again), imbalance, duplicate,
     duplicate-across-classes, near-duplicate-across-classes, duplicate-across-splits,
-    near-duplicate-across-splits
+    near-duplicate-across-splits, name-series (files named as series of one subject: a split
+    file by file leaks them; --group-by auto), series-across-splits (such a series in two splits)
 info (handled automatically, said so)
     cmyk, high-bit-depth, palette, transparency, exif-rotated, nested-folder (its images
     are included), symlink (followed), near-duplicate (within a class), non-image-file
@@ -137,6 +138,7 @@ def scan_dataset(
 
     groups = duplicate_groups(records, near_distance)
     findings += [duplicate_finding(group, data_root) for group in groups]
+    findings += _series_findings(records, data_root)
     summaries = _summaries(records, classes, _splits_present(roots, val_files))
     ratio, dataset_findings = _dataset_findings(data_root, classes, summaries, roots)
     findings += dataset_findings
@@ -319,6 +321,34 @@ def _summaries(records, classes, splits) -> list[ClassSummary]:
         counts[record.split, record.class_name][0] += 1
         counts[record.split, record.class_name][1] += record.usable
     return [ClassSummary(split, name, *counts[split, name]) for split in splits for name in classes]
+
+
+def _series_findings(records, data_root) -> list[Finding]:
+    """Files named as series (a shared prefix and a counter, e.g. rock01-004.png: one subject, many shots):
+    a file-by-file split puts each series on both sides, and series already found in two splits leak."""
+    from transferkit.data.split import name_groups, name_key
+
+    usable = [r for r in records if r.error is None]
+    findings = []
+    train = [r for r in usable if r.split == "train"]
+    series = name_groups([r.path for r in train], [r.class_name for r in train], "auto")
+    if series and not any(r.split == "validation" for r in usable):  # validation is to be split off DATA_DIR
+        sizes = sorted(len(members) for members in series)
+        findings.append(Finding(str(data_root), "name-series", (
+            f"{len(series)} series of files by name ({sizes[0]}-{sizes[-1]} files each, e.g. "
+            f"'{name_key(series[0][0], 'auto')}'): a file-by-file validation split puts files of one series on "
+            "both sides, so validation accuracy overstates accuracy on new series; train with --group-by auto "
+            "(or a regular expression whose first group names the subject)")))
+    split_of = {r.path: r.split for r in usable}
+    across = [members for members in name_groups(list(split_of), [r.class_name for r in usable], "auto")
+              if len({split_of[path] for path in members}) > 1]
+    for members in across:
+        splits = sorted({split_of[path] for path in members}, key=SPLITS.index)
+        findings.append(Finding(members[0], "series-across-splits", (
+            f"series '{name_key(members[0], 'auto')}' ({len(members)} files) has files in {' and '.join(splits)}: "
+            "validation or test images of a subject the model was trained on overstate accuracy on new ones; "
+            "move the whole series to one split"), related=tuple(members[1:])))
+    return findings
 
 
 def _dataset_findings(data_root, classes, summaries, roots) -> tuple[float | None, list[Finding]]:

@@ -32,6 +32,7 @@ CODES = {
         "extension-mismatch", "animated", "too-small", "oversized", "unsupported-extension",
         "outside-class", "symlink-loop", "imbalance", "duplicate", "duplicate-across-classes",
         "near-duplicate-across-classes", "duplicate-across-splits", "near-duplicate-across-splits",
+        "name-series", "series-across-splits",
     ), WARNING),
     **dict.fromkeys((
         "cmyk", "high-bit-depth", "palette", "transparency", "exif-rotated", "nested-folder",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -23,39 +24,51 @@ def split_key(path: str, seed: int) -> float:
 _SERIES = re.compile(r"^(.*?\D)[-_. ]?\d+$")
 
 
-def name_groups(paths: Sequence[str], labels: Sequence[int], group_by: str) -> list[list[str]]:
-    """Files that must land on the same side of every split, from their names.
+def name_key(path: str, group_by: str) -> str | None:
+    """The group key `group_by` reads in a file's name, or None: for "auto" the series (everything
+    before a trailing counter), for a regular expression its first group (or the whole match)."""
+    name = os.path.basename(path)
+    if group_by == "auto":
+        match = _SERIES.match(os.path.splitext(name)[0])
+        return match.group(1).rstrip("-_. ") if match else None
+    pattern = _pattern(group_by)
+    match = pattern.search(name)
+    return (match.group(1) if pattern.groups else match.group(0)) if match else None
 
-    `group_by` is a regular expression searched in each file name (the first group, or the whole
-    match, is the key: e.g. r"^[a-z]+(\d+)-" puts hand 01 of every class together), or "auto": a
-    series is a common prefix followed by a counter, kept only where a class has at least three
-    series and none holds half of it (so "IMG_0001.jpg"-style camera names do not swallow a class).
+
+@functools.lru_cache(maxsize=8)
+def _pattern(group_by: str) -> re.Pattern:
+    try:
+        return re.compile(group_by)
+    except re.error as error:
+        raise DataError(f"group_by must be 'auto', 'none' or a regular expression, got {group_by!r} "
+                        f"({error}).") from None
+
+
+def name_groups(paths: Sequence[str], labels: Sequence, group_by: str) -> list[list[str]]:
+    """Files that must land on the same side of every split, from their names (`name_key`).
+
+    `group_by` is a regular expression searched in each file name (e.g. r"^[a-z]+(\\d+)-" puts hand 01
+    of every class together), or "auto": series of one class, kept only where the class has at least
+    three series and none holds half of it (so "IMG_0001.jpg"-style camera names do not swallow a class).
     """
     if group_by == "auto":
-        keys = {}
-        for path, label in zip(paths, labels):
-            match = _SERIES.match(os.path.splitext(os.path.basename(path))[0])
-            keys[path] = (label, match.group(1)) if match else None
         per_class: dict = {}
         for path, label in zip(paths, labels):
-            per_class.setdefault(label, {}).setdefault(keys[path], []).append(path)
+            per_class.setdefault(label, {}).setdefault(name_key(path, group_by), []).append(path)
         groups = []
-        for label, series in per_class.items():
+        for series in per_class.values():
             named = {k: v for k, v in series.items() if k is not None}
             total = sum(len(v) for v in series.values())
             if len(named) >= 3 and max(len(v) for v in named.values()) < total / 2:
                 groups += [members for members in named.values() if len(members) > 1]
         return groups
-    try:
-        pattern = re.compile(group_by)
-    except re.error as error:
-        raise DataError(f"group_by must be 'auto', 'none' or a regular expression, got {group_by!r} "
-                        f"({error}).") from None
+    _pattern(group_by)  # a bad pattern is refused even where there are no files
     by_key: dict = {}
     for path in paths:
-        match = pattern.search(os.path.basename(path))
-        if match:
-            by_key.setdefault(match.group(1) if pattern.groups else match.group(0), []).append(path)
+        key = name_key(path, group_by)
+        if key is not None:
+            by_key.setdefault(key, []).append(path)
     return [members for members in by_key.values() if len(members) > 1]
 
 

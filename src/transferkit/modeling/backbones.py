@@ -116,6 +116,13 @@ def weights_search_dirs(weights_dir: str | os.PathLike | None = None) -> list[Pa
     return [Path(d).expanduser() for d in dirs if d]
 
 
+def absolute_weights_dir(weights_dir: str | os.PathLike | None = None) -> str | None:
+    """`weights_dir`, else $TRANSFERKIT_WEIGHTS_DIR, as an absolute path, for a process that runs in another
+    folder (a web-app worker, a Ray worker), where a relative one would name something else."""
+    folder = weights_dir or os.environ.get(WEIGHTS_DIR_ENV)
+    return str(Path(folder).expanduser().resolve()) if folder else None
+
+
 def find_local_weights(backbone: Backbone, weights_dir: str | os.PathLike | None = None) -> Path | None:
     for directory in weights_search_dirs(weights_dir):
         for file_name in backbone.weight_files:

@@ -54,6 +54,7 @@ class TrainedModel:
     ood: dict | None = None
     # {"run_dir", "model_sha256", "classes"} of the run this one started from (`--from`); None otherwise
     parent: dict | None = None
+    groups: dict[str, str] = field(default_factory=dict)  # {path: its --group-by key}, for split.csv
 
     @property
     def fine_tune_start_epoch(self) -> int | None:
@@ -260,7 +261,8 @@ class TrainedModel:
             rundir.write_csv(run_dir / rundir.HISTORY_FILE, self.history, rundir.history_fields(self.history))
         if self.splits is not None:
             rows = [
-                {"path": path, "class": self.classes[label], "split": split, "sha256": self.file_hashes.get(path)}
+                {"path": path, "class": self.classes[label], "split": split, "sha256": self.file_hashes.get(path),
+                 "group": self.groups.get(path, "")}
                 for split in data.SPLITS
                 for path, label in zip(self.splits[split].paths, self.splits[split].labels)
             ]

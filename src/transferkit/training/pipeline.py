@@ -51,6 +51,7 @@ class ScannedData:
     file_hashes: dict[str, str] = field(default_factory=dict)
     duplicate_groups: list = field(default_factory=list)
     name_groups: int = 0  # groups --group-by found in the file names (set by `split`)
+    group_of: dict = field(default_factory=dict)  # {path: its group's key} for files of those groups (split.csv)
 
 
 def writable_or_none(folder: Path) -> Path | None:
@@ -113,7 +114,7 @@ def split(scanned: ScannedData, val_split: float, test_split: float, seed: int,
           group_by: str | None = None) -> dict[str, data.LabelledFiles]:
     """{train, validation, test}: the given folders, else a stratified split of DATA_DIR that keeps
     duplicates (and, with `group_by`, files of one group) on one side."""
-    from transferkit.data.split import name_groups
+    from transferkit.data.split import name_groups, name_key
 
     files = scanned.usable[data.TRAIN]
     groups = list(scanned.duplicate_groups)
@@ -122,6 +123,7 @@ def split(scanned: ScannedData, val_split: float, test_split: float, seed: int,
         logger.info("--group-by %s: %d group(s) of files kept on one side of the split", group_by, len(named))
         groups += named
         scanned.name_groups = len(named)
+        scanned.group_of = {path: name_key(path, group_by) for members in named for path in members}
     empty = data.LabelledFiles((), (), files.classes)
     if scanned.val_dir is not None:
         train, val, test = files, scanned.usable[data.VALIDATION], scanned.usable[data.TEST]
@@ -143,6 +145,30 @@ def _warn_if_validation_leaks(history: list[dict], n_val: int, name_groups: int)
             "near copies of training ones (a series of frames or renders of the same subject), so they cannot tell "
             "epochs apart. Keep each series on one side with --group-by auto (a shared name prefix and a counter) "
             "or a regular expression whose first group names the subject.", n_val)
+
+
+# Validation accuracy is too coarse to choose epochs by where two standard errors exceed this.
+COARSE_VALIDATION = 0.02
+
+
+def epochs_within_noise(history: list[dict], n_val: int, best_epoch: int | None) -> int | None:
+    """How many epochs scored within two standard errors (at least one image) of the kept one's validation
+    accuracy, where that band is wider than COARSE_VALIDATION and there was a choice; else None. Warns then."""
+    best = next((row for row in history if row["epoch"] == best_epoch), None)
+    if len(history) < 2 or best is None or not n_val or "val_accuracy" not in best:
+        return None
+    accuracy = best["val_accuracy"]
+    band = max(2 * math.sqrt(accuracy * (1 - accuracy) / n_val), 1 / n_val)
+    close = [row["epoch"] for row in history if abs(row.get("val_accuracy", np.nan) - accuracy) <= band + 1e-9]
+    if band <= COARSE_VALIDATION or len(close) < 2:
+        return None
+    logger.warning(
+        "Validation has %d images, too few to tell epochs apart: %d of the %d epochs scored within %.1f points "
+        "(two standard errors) of the kept epoch %d (%.3f), so which of them generalises best is chance. A larger "
+        "--val-split or a validation folder makes the choice meaningful; the solved head (the default, without "
+        "--epochs or --fine-tune-epochs) needs no epoch choice.", n_val, len(close), len(history), 100 * band,
+        best_epoch, accuracy)
+    return len(close)
 
 
 def _merged(groups: list) -> list[list[str]]:
@@ -428,6 +454,7 @@ def _build_and_train(resolved, data_dir, val_dir, test_dir, scanned, splits, out
                         class_weight=class_weights, checkpoint_dir=checkpoint_dir, resume=resume,
                         verbose=s.verbose, extra_callbacks=tuple(loggers))
     _warn_if_validation_leaks(result.history, len(splits[data.VALIDATION]), scanned.name_groups)
+    within_noise = epochs_within_noise(result.history, len(splits[data.VALIDATION]), result.best_epoch)
     resolved_json = {
         "image_size": resolved.image_size,
         "augmentation": dataclasses.asdict(resolved.augmentation),
@@ -460,6 +487,7 @@ def _build_and_train(resolved, data_dir, val_dir, test_dir, scanned, splits, out
         "train_images": len(splits[data.TRAIN]), "val_images": len(splits[data.VALIDATION]),
         "val_accuracy_stage1": result.val_accuracy_stage1, "val_accuracy": result.val_accuracy,
         "val_loss": result.val_loss, "best_epoch": result.best_epoch, "epochs_run": len(result.history),
+        "epochs_within_noise": within_noise,
         "stage_seconds": result.stage_seconds, "interrupted": result.interrupted, "seconds": None,
         "parent_run": parent.record()["run_dir"] if parent is not None else None,
     }
@@ -467,5 +495,6 @@ def _build_and_train(resolved, data_dir, val_dir, test_dir, scanned, splits, out
         model=model, classes=classes, image_size=resolved.image_size, backbone=s.backbone, params=s.to_json(),
         resolved=resolved_json, history=result.history, splits=splits, data_summary=summary, results=results,
         file_hashes=scanned.file_hashes, skipped=scanned.skipped, parent=parent.record() if parent else None,
+        groups=scanned.group_of,
     )
     return trained, plan

@@ -190,8 +190,14 @@ class Jobs:
 
 
 def _worker_env() -> dict:
+    """The app's environment for a worker, which runs in the project's folder: a relative weights folder
+    is made absolute, so it still names what it named where the app was started."""
+    from transferkit.modeling.backbones import WEIGHTS_DIR_ENV, absolute_weights_dir
+
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if env.get(WEIGHTS_DIR_ENV):
+        env[WEIGHTS_DIR_ENV] = absolute_weights_dir()
     src = str(Path(__file__).resolve().parents[3])  # the folder holding this transferkit package
     env["PYTHONPATH"] = os.pathsep.join([src, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
     return env
