@@ -33,8 +33,8 @@ from accuracy_bench import SHARED, _class_files, _features, make_sets, probe_mod
 
 
 def _fit(x, y, seed: int, C: float | None = None, groups=None):
-    """The solved head's recipe (standardised, L2 strength by CV over its grid) with optional fixed C or CV groups;
-    returns a probabilities function."""
+    """`fit_linear_head`'s recipe (standardised, L2 strength by CV over its grid) with what the product does not
+    take: a fixed C, or CV folds by groups. Returns (probabilities function, C)."""
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
     from sklearn.preprocessing import StandardScaler
@@ -85,6 +85,7 @@ def run_set(train_dir: Path, test_dir: Path, draws: int) -> tuple[dict[str, list
         head = fit_linear_head(x[kept], y[kept], len(classes), seed=draw)
         chosen.append(head.C)
         probabilities = lambda z, h=head: softmax(two_class_logits(z @ h.kernel + h.bias))  # noqa: E731
+        sqrt_head = lambda: fit_linear_head(signed_sqrt(x[kept]), y[kept], len(classes), seed=draw)  # noqa: E731
         variants = {
             "default": lambda: probabilities(xt),
             "refit": lambda: _fit(x, y, draw, C=head.C)[0](xt),
@@ -93,7 +94,7 @@ def run_set(train_dir: Path, test_dir: Path, draws: int) -> tuple[dict[str, list
                                          groups=np.tile(kept if series is None else series[kept], 2))[0](xt),
             "series-cv": (lambda: _fit(x[kept], y[kept], draw, groups=series[kept])[0](xt)) if series is not None
             else None,
-            "sqrt": lambda: _fit(signed_sqrt(x[kept]), y[kept], draw)[0](signed_sqrt(xt)),
+            "sqrt": lambda: probabilities(signed_sqrt(xt), sqrt_head()),
         }
         for name, predict in variants.items():
             if predict is not None:

@@ -340,6 +340,8 @@ def _series_findings(records, data_root) -> list[Finding]:
             "both sides, so validation accuracy overstates accuracy on new series; train with --group-by auto "
             "(or a regular expression whose first group names the subject)")))
     split_of = {r.path: r.split for r in usable}
+    if len(set(split_of.values())) < 2:  # one split: nothing can straddle two
+        return findings
     across = [members for members in name_groups(list(split_of), [r.class_name for r in usable], "auto")
               if len({split_of[path] for path in members}) > 1]
     for members in across:

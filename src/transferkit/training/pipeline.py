@@ -159,8 +159,10 @@ def epochs_within_noise(history: list[dict], n_val: int, best_epoch: int | None)
         return None
     accuracy = best["val_accuracy"]
     band = max(2 * math.sqrt(accuracy * (1 - accuracy) / n_val), 1 / n_val)
+    if band <= COARSE_VALIDATION:
+        return None
     close = [row["epoch"] for row in history if abs(row.get("val_accuracy", np.nan) - accuracy) <= band + 1e-9]
-    if band <= COARSE_VALIDATION or len(close) < 2:
+    if len(close) < 2:
         return None
     logger.warning(
         "Validation has %d images, too few to tell epochs apart: %d of the %d epochs scored within %.1f points "
