@@ -147,8 +147,7 @@ def _warn_if_validation_leaks(history: list[dict], n_val: int, name_groups: int)
             "or a regular expression whose first group names the subject.", n_val)
 
 
-# Validation accuracy is too coarse to choose epochs by where two standard errors exceed this.
-COARSE_VALIDATION = 0.02
+COARSE_VALIDATION = 0.02  # two standard errors of validation accuracy above this: too coarse to choose epochs by
 
 
 def epochs_within_noise(history: list[dict], n_val: int, best_epoch: int | None) -> int | None:
@@ -159,9 +158,8 @@ def epochs_within_noise(history: list[dict], n_val: int, best_epoch: int | None)
         return None
     accuracy = best["val_accuracy"]
     band = max(2 * math.sqrt(accuracy * (1 - accuracy) / n_val), 1 / n_val)
-    if band <= COARSE_VALIDATION:
-        return None
-    close = [row["epoch"] for row in history if abs(row.get("val_accuracy", np.nan) - accuracy) <= band + 1e-9]
+    close = [row["epoch"] for row in history if abs(row.get("val_accuracy", np.nan) - accuracy) <= band + 1e-9
+             ] if band > COARSE_VALIDATION else []
     if len(close) < 2:
         return None
     logger.warning(
